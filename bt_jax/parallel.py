@@ -7,3 +7,42 @@ Keeping it in one place makes the same per-device functions run under
 """
 
 AXIS = "devices"
+
+import jax  # noqa: E402  (kept below the constant: the axis name is this module's point)
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+
+def device_mesh(num_devices: int) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` local devices, with a clear error if short."""
+    devices = jax.local_devices()
+    if num_devices > len(devices):
+        raise ValueError(
+            f"config.num_devices={num_devices} but only {len(devices)} {jax.default_backend()} "
+            f"device(s) are visible. Lower --config.num_devices, or on CPU simulate devices "
+            f"with XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} "
+            "(scripts/train.py does this for you).")
+    return Mesh(np.array(devices[:num_devices]), (AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+    """Copy a host pytree onto every device of ``mesh`` with a leading device axis."""
+    n = mesh.devices.size
+    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
+        tree)
+
+
+def unreplicate(tree):
+    """Device 0's copy of a replicated pytree, as host numpy arrays (no compilation)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def shard(batch, num_devices: int):
+    """Split the leading (global batch) axis into (devices, per-device batch)."""
+    def split(x):
+        if x.shape[0] % num_devices:
+            raise ValueError(f"a batch of {x.shape[0]} does not split over {num_devices} devices")
+        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+    return jax.tree.map(split, batch)

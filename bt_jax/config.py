@@ -1,0 +1,94 @@
+"""The base experiment configuration: the earlier work's real MLFW settings.
+
+Experiment files in ``configs/`` call :func:`base_config` and override a few fields.
+Derived values (steps per epoch, the scaled learning rate, warm-up steps) are computed
+by the trainer, never stored here.
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+
+def base_config() -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.seed = 0
+    # Devices the step is pmap'd over; on CPU the scripts simulate them.
+    config.num_devices = 8
+
+    config.data = config_dict.ConfigDict()
+    config.data.source = "folder"  # 'folder' (a Name/Name_SSSS_VVVV.jpg tree) or 'synthetic'
+    config.data.train_dir = "../shared/data/mlfw/train"
+    config.data.val_dir = "../shared/data/mlfw/val"
+    # Held-out identities for the end-of-run 1-NN; '' uses val_dir.
+    config.data.eval_dir = ""
+    config.data.image_size = 244
+    config.data.normalization = "vggface2"  # matches the VGGFace2 weights; or 'mlfw'
+    config.data.pair_sampler = "standard"  # 'standard' or 'all_pairs'
+    config.data.min_images_per_identity = 2
+    config.data.synthetic = config_dict.ConfigDict()
+    config.data.synthetic.train_identities = 400
+    config.data.synthetic.val_identities = 60
+    config.data.synthetic.eval_identities = 100
+    config.data.synthetic.sources_per_identity = 4
+    config.data.synthetic.masked_variants = 2
+    config.data.synthetic.seed = 1234
+
+    config.augment = config_dict.ConfigDict()
+    config.augment.flip = True
+    config.augment.crop_scale = 1.0  # max zoom of a random crop; 1.0 disables it
+    config.augment.brightness = 0.0  # max relative brightness change
+    config.augment.contrast = 0.0
+    config.augment.grayscale_prob = 0.0
+
+    config.model = config_dict.ConfigDict()
+    config.model.arch = "resnet50"  # or 'tiny'
+    config.model.pool_window = 7
+    config.model.projector = "2048-4096-8192"
+    config.model.dtype = "float32"  # compute dtype; params and loss stay float32
+
+    config.loss = config_dict.ConfigDict()
+    config.loss.lambd = 0.0051
+
+    config.optim = config_dict.ConfigDict()
+    config.optim.batch_size = 512  # global, over all devices
+    config.optim.lr_weights = 0.2
+    config.optim.lr_biases = 0.0048
+    config.optim.weight_decay = 1e-6
+    config.optim.eta = 0.001
+    config.optim.momentum = 0.9
+    config.optim.warmup_epochs = 10
+    config.optim.end_factor = 0.001
+    # None: the backbone learns at the same rate; 0.0 freezes it.
+    config.optim.backbone_lr_scale = config_dict.placeholder(float)
+
+    config.reducer = config_dict.ConfigDict()
+    config.reducer.name = "exact"  # 'exact' (pmean) or 'powersgd' (low-rank, see powersgd.py)
+    config.reducer.powersgd = config_dict.ConfigDict()
+    config.reducer.powersgd.rank = 4  # rank of each compressed gradient matrix
+    # Exact all-reduce for this many steps first, while gradients are large and changing.
+    config.reducer.powersgd.start_iter = 100
+    # Tensors whose n*m / ((n+m)*rank) is below this stay on the exact all-reduce.
+    config.reducer.powersgd.min_compression_rate = 2.0
+    config.reducer.powersgd.error_feedback = True  # carry what rank-r missed to the next step
+    config.reducer.powersgd.warm_start = True  # reuse last step's Q: power iteration over steps
+    config.reducer.powersgd.orth_eps = 1e-8  # Gram-Schmidt column-norm floor (zero columns)
+    config.reducer.powersgd.seed = 0  # initial Q, identical on every device
+    config.reducer.powersgd.power_iterations = 1  # each extra one sends another P and Q
+
+    config.train = config_dict.ConfigDict()
+    config.train.epochs = 100
+    config.train.log_every_steps = 10
+    config.train.checkpoint_every_steps = 0  # 0: only at the end of each epoch
+    config.train.keep_checkpoints = 2
+    config.train.progress = True
+
+    # 'scratch' for random initialisation, or a folder written by scripts/convert_weights.py.
+    config.init = "converted_weights/vggface2_resnet50_ft"
+
+    config.eval = config_dict.ConfigDict()
+    config.eval.batch_size = 256
+    config.eval.embedding = "backbone"  # or 'projector'
+    config.eval.metric = "cosine"  # or 'euclidean'
+    config.eval.seed = 0
+    return config

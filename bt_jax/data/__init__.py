@@ -1,0 +1,1 @@
+"""Data: the synthetic masked-face generator, the folder loader and pair datasets."""

@@ -1,0 +1,641 @@
+"""Synthetic masked faces: the embedded default dataset of bt_jax.
+
+The generator writes the same layout as the real MLFW data,
+``root/<Name>/<Name>_SSSS_VVVV.jpg``, so one loader serves both:
+
+* ``Name`` is ``Synth_00042`` (identity index, zero padded);
+* ``SSSS`` is the source photo, from ``0001``: one draw of pose, lighting,
+  expression, clothes and background for that identity;
+* ``VVVV`` is the variant: ``0000`` is the unmasked photo, ``0001``.. are the
+  same photo with different masks (shape and colour).
+
+``root/masked.txt`` lists every masked image (``Name/file.jpg``, one a line),
+because, unlike the real data, here we know which images are masked.
+
+Everything is drawn from ``numpy.random.default_rng`` streams keyed by
+(seed, identity[, source[, variant]]), so identity ``i`` looks the same
+whatever ``num_identities`` is, and the same seed gives byte-identical files.
+
+Rendering is analytic: each part of the face is a signed-distance-like field
+in *face coordinates* (the image spans [-1, 1] at scale 1, y points down), and
+a pixel's coverage is ``clip(0.5 - sd / pixel, 0, 1)``, which anti-aliases
+edges without supersampling. Pose is applied by mapping pixel centres into
+face coordinates, so the masks and glasses follow the head.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import pathlib
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+# Stream tags keep the identity, photo and mask draws independent of each other.
+_TAG_IDENTITY, _TAG_PHOTO, _TAG_MASK, _TAG_MASK_ORDER = 1, 2, 3, 4
+_MASK_KINDS = ("surgical", "n95", "cloth")
+
+_SKIN_TONES = np.array([
+    (255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96),
+    (160, 102, 66), (112, 72, 46), (78, 52, 36)], np.float32) / 255
+_HAIR_COLOURS = np.array([
+    (22, 18, 16), (55, 38, 26), (98, 66, 42), (135, 66, 34), (196, 164, 104),
+    (150, 148, 146), (222, 220, 214), (70, 60, 55)], np.float32) / 255
+_EYE_COLOURS = np.array([
+    (70, 42, 24), (40, 26, 18), (62, 110, 170), (70, 120, 80), (110, 115, 120),
+    (120, 90, 50)], np.float32) / 255
+_MASK_COLOURS = {
+    "surgical": [(150, 200, 230), (235, 238, 240), (160, 215, 190), (235, 180, 195),
+                 (40, 42, 48), (120, 170, 220)],
+    "n95": [(240, 240, 236), (225, 222, 210), (170, 172, 176), (40, 60, 110),
+            (235, 225, 160)],
+    "cloth": [(200, 40, 40), (40, 60, 160), (30, 30, 30), (230, 150, 40),
+              (90, 150, 60), (120, 60, 140), (60, 160, 170), (240, 240, 240)],
+}
+_HAIR_STYLES = ("short", "long", "fringe", "side_part", "bald", "buzz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Stable look of one person (face coordinates, RGB in [0, 1])."""
+    face_rx: float
+    face_ry_top: float
+    face_ry_chin: float
+    jaw_taper: float
+    skin: tuple
+    hair: tuple
+    hair_style: str
+    hairline: float
+    hair_volume: float
+    eye_y: float
+    eye_dx: float
+    eye_rx: float
+    eye_aspect: float
+    eye_colour: tuple
+    brow_gap: float
+    brow_len: float
+    brow_thick: float
+    brow_arch: float
+    brow_slope: float
+    nose_len: float
+    nose_width: float
+    mouth_width: float
+    lip_colour: tuple
+    ear_rx: float
+    ear_ry: float
+    beard: bool
+    glasses: int            # 0 none, 1 round, 2 rectangular
+    glasses_colour: tuple
+    moles: tuple            # ((u, v, radius), ...)
+    part_side: int          # -1 or 1: where a side parting sits
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    """One source photo: pose, expression, lighting, clothes and background."""
+    shift: tuple
+    angle: float            # in-plane rotation, radians
+    scale: float
+    yaw: float              # shifts inner features sideways, squashes the face
+    smile: float
+    mouth_open: float
+    brow_raise: float
+    eye_open: float
+    brightness: float
+    light_dir: tuple
+    light_strength: float
+    contrast: float
+    tint: tuple
+    background: tuple       # (kind, colour_a, colour_b, direction)
+    shirt: tuple
+    grayscale: bool
+    noise: float
+    noise_seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """One face mask over nose and mouth."""
+    kind: str               # one of _MASK_KINDS
+    colour: tuple
+    colour2: tuple          # pattern colour for cloth, valve for n95
+    pattern: str            # cloth: stripes/dots/checks/plain; n95: valve/plain
+    top: float              # offset of the top edge from the nose bridge
+    width: float            # half-width relative to the face half-width
+    freq: float             # pattern frequency
+
+
+def _pick(rng, palette, jitter):
+    base = palette[rng.integers(len(palette))]
+    return tuple(np.clip(base + rng.normal(0, jitter, 3), 0, 1).round(4).tolist())
+
+
+def _skin(rng):
+    # Interpolate between reference tones so skin colour is continuous.
+    t = rng.uniform(0, len(_SKIN_TONES) - 1)
+    lo = int(t)
+    hi = min(lo + 1, len(_SKIN_TONES) - 1)
+    tone = _SKIN_TONES[lo] * (1 - (t - lo)) + _SKIN_TONES[hi] * (t - lo)
+    return tuple(np.clip(tone + rng.normal(0, 0.025, 3), 0, 1).round(4).tolist())
+
+
+def sample_identity(seed: int, index: int) -> Identity:
+    """Draw identity ``index``; depends only on (seed, index)."""
+    rng = np.random.default_rng([seed, index, _TAG_IDENTITY])
+    u = rng.uniform
+    skin = _skin(rng)
+    moles = tuple((round(u(-0.4, 0.4), 3), round(u(-0.55, -0.05), 3), round(u(0.015, 0.03), 3))
+                  for _ in range(rng.choice(4, p=[0.55, 0.3, 0.1, 0.05])))
+    return Identity(
+        face_rx=u(0.46, 0.62), face_ry_top=u(0.66, 0.8), face_ry_chin=u(0.68, 0.86),
+        jaw_taper=u(0.0, 0.4), skin=skin, hair=_pick(rng, _HAIR_COLOURS, 0.04),
+        hair_style=_HAIR_STYLES[rng.integers(len(_HAIR_STYLES))],
+        hairline=u(-0.62, -0.38), hair_volume=u(0.04, 0.2),
+        eye_y=u(-0.22, -0.08), eye_dx=u(0.18, 0.29), eye_rx=u(0.075, 0.12),
+        eye_aspect=u(0.38, 0.62), eye_colour=_pick(rng, _EYE_COLOURS, 0.04),
+        brow_gap=u(0.09, 0.17), brow_len=u(0.09, 0.15), brow_thick=u(0.025, 0.075),
+        brow_arch=u(-0.01, 0.05), brow_slope=u(-0.25, 0.25),
+        nose_len=u(0.2, 0.32), nose_width=u(0.07, 0.14), mouth_width=u(0.12, 0.2),
+        lip_colour=tuple((np.array(skin) * [0.8, 0.55, 0.55] + 0.05).round(4).tolist()),
+        ear_rx=u(0.07, 0.12), ear_ry=u(0.13, 0.2), beard=bool(u() < 0.2),
+        glasses=int(rng.choice(3, p=[0.7, 0.15, 0.15])),
+        glasses_colour=_pick(rng, np.array([(20, 20, 20), (120, 90, 60), (180, 180, 185),
+                                            (140, 30, 30)], np.float32) / 255, 0.03),
+        moles=moles, part_side=int(rng.choice([-1, 1])))
+
+
+def _background(rng):
+    kind = ("flat", "gradient", "split")[rng.integers(3)]
+    # Muted colours: a saturated backdrop would swamp the face in pixel space.
+    a, b = rng.uniform(0.35, 0.65, 3), rng.uniform(0.35, 0.65, 3)
+    angle = rng.uniform(0, 2 * math.pi)
+    return (kind, tuple(a.round(4).tolist()), tuple(b.round(4).tolist()),
+            (round(math.cos(angle), 4), round(math.sin(angle), 4)))
+
+
+def sample_photo(seed: int, index: int, source: int) -> Photo:
+    """Draw source photo ``source`` (1-based) of identity ``index``."""
+    rng = np.random.default_rng([seed, index, _TAG_PHOTO, source])
+    u = rng.uniform
+    angle = u(0, 2 * math.pi)
+    # Like aligned face crops: the eyes barely move, so shift, rotation and
+    # scale stay small; yaw, expression, light and background carry the change.
+    return Photo(
+        shift=(u(-0.03, 0.03), u(-0.03, 0.03)), angle=math.radians(u(-4, 4)),
+        scale=u(1.22, 1.38), yaw=u(-0.25, 0.25), smile=u(-0.03, 0.08),
+        mouth_open=max(0.0, u(-0.03, 0.05)), brow_raise=u(-0.015, 0.04),
+        eye_open=u(0.6, 1.1), brightness=u(0.85, 1.1),
+        light_dir=(math.cos(angle), math.sin(angle)), light_strength=u(0.0, 0.15),
+        contrast=u(0.85, 1.1), tint=tuple(u(0.92, 1.08, 3).round(4).tolist()),
+        background=_background(rng), shirt=tuple(u(0, 1, 3).round(4).tolist()),
+        grayscale=bool(u() < 0.15), noise=u(0.005, 0.03),
+        noise_seed=int(rng.integers(2**31)))
+
+
+def sample_mask(seed: int, index: int, source: int, variant: int) -> MaskSpec:
+    """Draw mask ``variant`` (1-based) of a photo.
+
+    The kind follows a per-photo permutation so that up to three variants of
+    one photo all differ in shape; later ones differ in colour and pattern.
+    """
+    order = np.random.default_rng([seed, index, _TAG_MASK_ORDER, source]).permutation(3)
+    kind = _MASK_KINDS[order[(variant - 1) % 3]]
+    rng = np.random.default_rng([seed, index, _TAG_MASK, source, variant])
+    patterns = {"cloth": ("stripes", "dots", "checks", "plain"),
+                "n95": ("valve", "plain"), "surgical": ("plain",)}[kind]
+    return MaskSpec(
+        kind=kind, colour=_pick(rng, np.array(_MASK_COLOURS[kind], np.float32) / 255, 0.03),
+        colour2=tuple(rng.uniform(0, 1, 3).round(4).tolist()),
+        pattern=patterns[rng.integers(len(patterns))],
+        top=rng.uniform(0.07, 0.13), width=rng.uniform(0.9, 1.05), freq=rng.uniform(14, 26))
+
+
+# ----------------------------------------------------------------- geometry
+
+
+def _cover(sd, px):
+    """Fractional pixel coverage of the region sd < 0 (px = pixel size)."""
+    return np.clip(0.5 - sd / px, 0.0, 1.0)
+
+
+def _ellipse_sd(x, y, rx, ry):
+    """Approximate signed distance to an axis-aligned ellipse at the origin."""
+    q = np.sqrt((x / rx) ** 2 + (y / ry) ** 2)
+    grad = np.sqrt((x / rx**2) ** 2 + (y / ry**2) ** 2) / np.maximum(q, 1e-6)
+    return (q - 1.0) / np.maximum(grad, 1e-6)
+
+
+def _segment_sd(x, y, p0, p1, half_thick):
+    """Signed distance to a thick straight segment with round caps."""
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    t = np.clip(((x - p0[0]) * dx + (y - p0[1]) * dy) / (dx * dx + dy * dy + 1e-12), 0, 1)
+    return np.hypot(x - p0[0] - t * dx, y - p0[1] - t * dy) - half_thick
+
+
+def _curve_sd(x, y, x0, x1, curve, half_thick):
+    """Thick stroke along y = curve(x), x in [x0, x1]; half_thick: number or f(x).
+
+    The distance is measured to the point above/below, so keep curves gentle.
+    """
+    xc = np.clip(x, x0, x1)
+    thick = half_thick(xc) if callable(half_thick) else half_thick
+    return np.hypot(x - xc, y - curve(xc)) - thick
+
+
+class _Canvas:
+    """Float RGB image plus the face coordinates of every pixel centre."""
+
+    def __init__(self, size: int, photo: Photo):
+        centres = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+        self.img_x, self.img_y = np.meshgrid(centres, centres)
+        gx, gy = self.img_x - photo.shift[0], self.img_y - photo.shift[1]
+        c, s = math.cos(photo.angle), math.sin(photo.angle)
+        # Inverse pose: rotate back and undo the scale.
+        self.u = (c * gx + s * gy) / photo.scale
+        self.v = (-s * gx + c * gy) / photo.scale
+        self.px = 2.0 / size / photo.scale
+        self.img = np.zeros((size, size, 3), np.float32)
+
+    def copy(self) -> "_Canvas":
+        """Same coordinates, own pixels: one base photo, many masks."""
+        new = copy.copy(self)
+        new.img = self.img.copy()
+        return new
+
+    def paint(self, sd, colour, opacity=1.0, soft=1.0):
+        """Blend ``colour`` over the region sd < 0; ``soft`` widens the edge."""
+        alpha = _cover(sd, self.px * soft) * opacity
+        colour = np.asarray(colour, np.float32)
+        self.img += (colour - self.img) * alpha[..., None]
+
+
+# ------------------------------------------------------------------- layout
+
+_FACE_CY = 0.08          # the face centre sits a little below the image centre
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Positions derived from identity + photo (face coordinates)."""
+    rx: float            # face half-width after the yaw squash
+    eye_x: float         # sideways offset of the eyes and brows from yaw
+    nose_x: float        # larger offset: the nose sticks out further
+    mouth_y: float
+    chin_y: float
+    ear_y: float
+    hairline: float
+
+
+def _layout(ident: Identity, photo: Photo) -> _Layout:
+    mouth_y = ident.eye_y + ident.nose_len + 0.15
+    brow_y = ident.eye_y - ident.brow_gap
+    return _Layout(
+        rx=ident.face_rx * (1 - 0.12 * abs(photo.yaw)),
+        eye_x=photo.yaw * 0.2, nose_x=photo.yaw * 0.3, mouth_y=mouth_y,
+        chin_y=_FACE_CY + ident.face_ry_chin, ear_y=ident.eye_y + 0.08,
+        # Keep a strip of forehead between brows and hair, whatever was drawn.
+        hairline=min(ident.hairline, brow_y - 0.14))
+
+
+def _face_sd(c: _Canvas, ident: Identity, lay: _Layout, grow: float = 0.0):
+    y = c.v - _FACE_CY
+    ry = np.where(y < 0, ident.face_ry_top, ident.face_ry_chin) + grow
+    # Narrow the lower half towards the chin: the jaw line is part of identity.
+    taper = 1 - ident.jaw_taper * np.clip(y / ident.face_ry_chin, 0, 1) ** 2
+    return _ellipse_sd(c.u, y, (lay.rx + grow) * taper, ry)
+
+
+# ------------------------------------------------------------ face layers
+
+
+def _draw_background(c: _Canvas, photo: Photo):
+    kind, a, b, (dx, dy) = photo.background
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    t = c.img_x * dx + c.img_y * dy            # image frame: the scene does not rotate
+    if kind == "flat":
+        c.img[:] = a
+    elif kind == "gradient":
+        c.img[:] = a + (b - a) * np.clip(0.5 + 0.5 * t, 0, 1)[..., None]
+    else:
+        c.img[:] = a + (b - a) * _cover(t - 0.2, 2 * c.px)[..., None]
+
+
+def _draw_body(c: _Canvas, ident: Identity, photo: Photo, lay: _Layout):
+    skin = np.asarray(ident.skin, np.float32)
+    c.paint(_ellipse_sd(c.u, c.v - (lay.chin_y + 0.75), 1.05, 0.6), photo.shirt)
+    neck = np.maximum(np.abs(c.u - lay.nose_x * 0.3) - lay.rx * 0.55,
+                      np.abs(c.v - (lay.chin_y + 0.1)) - 0.45)
+    c.paint(neck, skin * 0.78)
+
+
+def _draw_back_hair(c: _Canvas, ident: Identity, lay: _Layout):
+    style, vol = ident.hair_style, ident.hair_volume
+    cap = _ellipse_sd(c.u, c.v - _FACE_CY, lay.rx + vol, ident.face_ry_top + vol)
+    if style == "long":
+        # Hair falls past the jaw on both sides of the face.
+        drape = np.maximum(np.abs(c.u) - (lay.rx + vol * 0.8), c.v - (lay.chin_y - 0.05))
+        drape = np.maximum(drape, -np.abs(c.u) + lay.rx * 0.5)
+        drape = np.maximum(drape, _FACE_CY - 0.3 - c.v)
+        c.paint(np.minimum(np.maximum(cap, c.v - ident.eye_y), drape), ident.hair)
+    elif style == "bald":
+        # Only a ring of hair above the ears remains.
+        band = np.abs(c.v - (ident.eye_y - 0.08)) - 0.14
+        c.paint(np.maximum(cap, band), ident.hair)
+    elif style != "buzz":
+        c.paint(np.maximum(cap, c.v - (ident.eye_y + 0.02)), ident.hair)
+
+
+def _draw_ears(c: _Canvas, ident: Identity, photo: Photo, lay: _Layout):
+    skin = np.asarray(ident.skin, np.float32)
+    for side in (-1, 1):
+        # The ear on the side the head turns away from shows more.
+        rx = ident.ear_rx * (1 + 0.8 * photo.yaw * side)
+        x, y = c.u - side * (lay.rx + rx * 0.25), c.v - lay.ear_y
+        c.paint(_ellipse_sd(x, y, rx, ident.ear_ry), skin * 0.72)
+        c.paint(_ellipse_sd(x, y, rx - 0.015, ident.ear_ry - 0.015), skin * 0.88)
+        c.paint(_ellipse_sd(x - side * rx * 0.2, y, rx * 0.4, ident.ear_ry * 0.55),
+                skin * 0.62, soft=2)
+
+
+def _draw_face(c: _Canvas, ident: Identity, lay: _Layout):
+    sd = _face_sd(c, ident, lay)
+    # Darker towards the rim so the face reads as a rounded surface.
+    rim = np.clip(-sd / (lay.rx * 0.45), 0, 1)
+    shade = (0.8 + 0.2 * np.sqrt(rim))[..., None]
+    c.paint(sd, np.asarray(ident.skin, np.float32) * shade)
+    for (mu, mv, mr) in ident.moles:
+        c.paint(np.hypot(c.u - mu - lay.eye_x, c.v - mv) - mr, np.asarray(ident.skin) * 0.45)
+
+
+def _draw_front_hair(c: _Canvas, ident: Identity, lay: _Layout):
+    style, vol = ident.hair_style, ident.hair_volume
+    if style == "bald":
+        return
+    cap = _ellipse_sd(c.u, c.v - _FACE_CY, lay.rx + vol, ident.face_ry_top + vol)
+    line = lay.hairline + 0.45 * c.u ** 2          # temples sit lower than the centre
+    if style == "fringe":
+        line = line + 0.12 + 0.02 * np.sin(c.u * 45)
+    elif style == "side_part":
+        line = line + 0.12 * np.clip(c.u * ident.part_side, -0.5, 1)
+    sd = np.maximum(cap, c.v - np.minimum(line, ident.eye_y - 0.02))
+    if style == "buzz":
+        # Stubble only tints the scalp; it must not float over the background.
+        sd = np.maximum(sd, _face_sd(c, ident, lay, grow=0.01))
+    c.paint(sd, ident.hair, opacity=0.6 if style == "buzz" else 1.0)
+
+
+def _draw_eyes(c: _Canvas, ident: Identity, photo: Photo, lay: _Layout):
+    skin = np.asarray(ident.skin, np.float32)
+    rx, ry = ident.eye_rx, ident.eye_rx * ident.eye_aspect * photo.eye_open
+    for side in (-1, 1):
+        x, y = c.u - (side * ident.eye_dx + lay.eye_x), c.v - ident.eye_y
+        c.paint(_ellipse_sd(x, y + 0.01, rx * 1.35, rx * 0.85), skin * 0.82, soft=4)
+        white = _ellipse_sd(x, y, rx, ry)
+        c.paint(white, (0.92, 0.91, 0.88))
+        # Iris and pupil are clipped to the eye opening; gaze follows the yaw.
+        ix = x - photo.yaw * 0.04
+        c.paint(np.maximum(np.hypot(ix, y) - rx * 0.5, white), ident.eye_colour)
+        c.paint(np.maximum(np.hypot(ix, y) - rx * 0.22, white), (0.05, 0.04, 0.04))
+        lid = _curve_sd(x, y, -rx, rx,
+                        lambda t: -ry * np.sqrt(np.clip(1 - (t / rx) ** 2, 0, 1)), 0.012)
+        c.paint(lid, skin * 0.3)
+
+
+def _draw_brows(c: _Canvas, ident: Identity, photo: Photo, lay: _Layout):
+    colour = np.asarray(ident.hair, np.float32) * 0.8 + 0.02
+    length, arch, slope = ident.brow_len, ident.brow_arch, ident.brow_slope
+    by = ident.eye_y - ident.brow_gap - photo.brow_raise
+    for side in (-1, 1):
+        x = (c.u - (side * ident.eye_dx + lay.eye_x)) * side   # x grows outwards
+        sd = _curve_sd(x, c.v, -length, length,
+                       lambda t: by - arch * (1 - (t / length) ** 2) + slope * t * 0.5,
+                       lambda t: ident.brow_thick * (0.6 - 0.2 * t / length))
+        c.paint(sd, colour)
+
+
+def _draw_nose_mouth(c: _Canvas, ident: Identity, photo: Photo, lay: _Layout):
+    skin = np.asarray(ident.skin, np.float32)
+    tip = ident.eye_y + ident.nose_len
+    x = c.u - lay.nose_x
+    c.paint(_segment_sd(x, c.v, (0.02, ident.eye_y + 0.06), (0.03, tip - 0.05), 0.012),
+            skin * 0.85, soft=3)
+    c.paint(_ellipse_sd(x, c.v - tip + 0.02, ident.nose_width * 0.6, 0.05), skin * 0.9, soft=3)
+    for side in (-1, 1):
+        c.paint(_ellipse_sd(x - side * ident.nose_width * 0.4, c.v - tip, 0.025, 0.014), skin * 0.4)
+    mw, my, smile = ident.mouth_width, lay.mouth_y, photo.smile
+    if photo.mouth_open > 0.005:
+        c.paint(_ellipse_sd(x, c.v - my - photo.mouth_open * 0.5, mw * 0.8,
+                            photo.mouth_open + 0.01), (0.25, 0.08, 0.08))
+    for dy, thick in ((-0.012, 0.014), (photo.mouth_open + 0.014, 0.018)):
+        c.paint(_curve_sd(x, c.v, -mw, mw, lambda t: my + dy - smile * (t / mw) ** 2,
+                          lambda t: thick * (1 - 0.6 * (t / mw) ** 2)), ident.lip_colour)
+
+
+def _draw_beard(c: _Canvas, ident: Identity, photo: Photo, lay: _Layout):
+    if not ident.beard:
+        return
+    face = _face_sd(c, ident, lay, grow=0.01)
+    # Jaw and moustache from just under the nose, sideburns up to the ears.
+    jaw = np.maximum(face, ident.eye_y + ident.nose_len + 0.04 - c.v)
+    burns = np.maximum(face, np.maximum(lay.rx * 0.78 - np.abs(c.u), ident.eye_y + 0.04 - c.v))
+    mouth = _ellipse_sd(c.u - lay.nose_x, c.v - lay.mouth_y - 0.005, ident.mouth_width * 0.85,
+                        0.022 + photo.mouth_open)
+    c.paint(np.maximum(np.minimum(jaw, burns), -mouth), ident.hair, opacity=0.9)
+
+
+def _draw_glasses(c: _Canvas, ident: Identity, lay: _Layout):
+    if not ident.glasses:
+        return
+    # Lenses may not overlap across the nose, whatever the eye size.
+    r, thick = min(ident.eye_rx * 1.55, ident.eye_dx - 0.03), 0.014
+    for side in (-1, 1):
+        x, y = c.u - (side * ident.eye_dx + lay.eye_x), c.v - ident.eye_y
+        if ident.glasses == 1:
+            rim = _ellipse_sd(x, y, r, r * 0.85)
+        else:
+            rim = np.maximum(np.abs(x) - r, np.abs(y) - r * 0.65)
+        c.paint(np.abs(rim) - thick, ident.glasses_colour)
+        arm = _segment_sd(c.u, c.v, (side * ident.eye_dx + lay.eye_x + side * r, ident.eye_y),
+                          (side * lay.rx, lay.ear_y - 0.04), thick * 0.8)
+        c.paint(arm, ident.glasses_colour)
+    inner = ident.eye_dx - r
+    c.paint(_segment_sd(c.u - lay.eye_x, c.v, (-inner, ident.eye_y - 0.02),
+                        (inner, ident.eye_y - 0.02), thick), ident.glasses_colour)
+
+
+# -------------------------------------------------------------------- masks
+
+
+def _mask_shape(kind: str, x, y, top: float, bot: float, hw: float):
+    """Signed distance of a mask outline; x is relative to the nose line."""
+    if kind == "surgical":
+        # A pleated rectangle bent round the face.
+        side = np.abs(x) - hw * (1 - 0.08 * np.clip((y - top) / (bot - top), 0, 1))
+        return np.maximum(side, np.maximum(top + 0.1 * x**2 - y, y - (bot - 0.25 * x**2)))
+    if kind == "n95":
+        # A moulded cup: it stops just under the chin instead of the neck.
+        bot = bot - 0.06
+        mid = 0.5 * (top + bot)
+        return _ellipse_sd(x, y - mid, hw * 0.9, 0.5 * (bot - top) + 0.02)
+    # Cloth: pointed over the nose, rounded under the chin.
+    upper = top - 0.04 + 0.2 * np.abs(x) - y
+    lower = y - (bot + 0.04 - 0.35 * x**2)
+    return np.maximum(np.abs(x) - hw, np.maximum(upper, lower))
+
+
+def _mask_pattern(c: _Canvas, mask: MaskSpec, x, y, inside):
+    """Details printed on the mask: pleats, seam, valve or fabric pattern."""
+    dark = np.asarray(mask.colour, np.float32) * 0.78
+    if mask.kind == "surgical":
+        for k in (0.3, 0.5, 0.7):
+            line = np.abs(y - (inside[0] + k * (inside[1] - inside[0]) + 0.06 * x**2)) - 0.008
+            c.paint(np.maximum(line, inside[2]), dark)
+    elif mask.kind == "n95":
+        c.paint(np.maximum(np.abs(x) - 0.008, inside[2]), dark)
+        if mask.pattern == "valve":
+            centre = (0.32 * inside[3], 0.5 * (inside[0] + inside[1]) + 0.08)
+            c.paint(np.hypot(x - centre[0], y - centre[1]) - 0.085, mask.colour2)
+    elif mask.pattern != "plain":
+        f = mask.freq
+        if mask.pattern == "stripes":
+            field = np.sin(f * (x + 0.6 * y))
+        elif mask.pattern == "checks":
+            field = np.sin(f * x) * np.sin(f * y)
+        else:
+            field = 0.55 - np.hypot(np.sin(f * x), np.sin(f * y))
+        # The field is smooth, so its sign gives a soft stripe/dot edge.
+        c.paint(np.maximum(-field * 0.4 / f, inside[2]), mask.colour2)
+
+
+def _draw_mask(c: _Canvas, ident: Identity, lay: _Layout, mask: MaskSpec):
+    top = ident.eye_y + mask.top
+    bot = lay.chin_y + 0.04
+    hw = lay.rx * mask.width
+    x, y = c.u - lay.nose_x, c.v
+    colour = np.asarray(mask.colour, np.float32)
+    for side in (-1, 1):
+        # Ear loops run from the mask's edge to the ear.
+        for yy in (top + 0.06, bot - 0.2):
+            loop = _segment_sd(c.u, c.v, (lay.nose_x + side * hw * 0.9, yy),
+                               (side * (lay.rx + 0.02), lay.ear_y), 0.011)
+            c.paint(loop, colour * 0.92)
+    sd = _mask_shape(mask.kind, x, y, top, bot, hw)
+    # Shade towards the sides so the mask looks wrapped round the face.
+    shade = (1 - 0.25 * np.clip(np.abs(x) / hw, 0, 1) ** 2)[..., None]
+    c.paint(sd, colour * shade)
+    _mask_pattern(c, mask, x, y, (top, bot, sd, hw))
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _render_base(ident: Identity, photo: Photo, size: int):
+    """Everything that lies under the mask, as a canvas to copy per variant."""
+    c = _Canvas(size, photo)
+    lay = _layout(ident, photo)
+    _draw_background(c, photo)
+    _draw_body(c, ident, photo, lay)
+    _draw_back_hair(c, ident, lay)
+    _draw_ears(c, ident, photo, lay)
+    _draw_face(c, ident, lay)
+    _draw_front_hair(c, ident, lay)
+    _draw_brows(c, ident, photo, lay)
+    _draw_eyes(c, ident, photo, lay)
+    _draw_nose_mouth(c, ident, photo, lay)
+    _draw_beard(c, ident, photo, lay)
+    return c, lay
+
+
+def _finish(c: _Canvas, photo: Photo) -> np.ndarray:
+    """Camera effects shared by all variants of a photo, then quantise."""
+    img = c.img
+    light = photo.brightness * (1 + photo.light_strength *
+                                (c.img_x * photo.light_dir[0] + c.img_y * photo.light_dir[1]))
+    img = img * light[..., None] * np.asarray(photo.tint, np.float32)
+    mean = img.mean()
+    img = (img - mean) * photo.contrast + mean
+    if photo.grayscale:
+        img = np.repeat(img @ np.array([0.299, 0.587, 0.114], np.float32), 3).reshape(img.shape)
+    # Same noise for every variant: they are one photo with different masks.
+    noise = np.random.default_rng(photo.noise_seed).normal(0, photo.noise, img.shape)
+    return np.clip((img + noise) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_variants(ident: Identity, photo: Photo, masks: Sequence[MaskSpec],
+                    image_size: int = 64) -> list[np.ndarray]:
+    """Render one photo unmasked and then once per mask: [unmasked, *masked]."""
+    base, lay = _render_base(ident, photo, image_size)
+    out = []
+    for mask in [None, *masks]:
+        c = base.copy()
+        if mask is not None:
+            _draw_mask(c, ident, lay, mask)
+        _draw_glasses(c, ident, lay)
+        out.append(_finish(c, photo))
+    return out
+
+
+def render_face(ident: Identity, photo: Photo, mask: MaskSpec | None = None,
+                image_size: int = 64) -> np.ndarray:
+    """One (image_size, image_size, 3) uint8 RGB face, masked when mask is given."""
+    return render_variants(ident, photo, [] if mask is None else [mask], image_size)[-1]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def identity_name(index: int) -> str:
+    """Folder name of identity ``index``; it has no trailing 4-digit fields."""
+    return f"Synth_{index:05d}"
+
+
+def _check_args(num_identities, sources_per_identity, masked_variants, image_size,
+                seed, first_identity):
+    checks = [
+        (num_identities >= 1, f"num_identities must be >= 1, got {num_identities}"),
+        (1 <= sources_per_identity <= 9999,
+         f"sources_per_identity must be in 1..9999 (4-digit SSSS), got {sources_per_identity}"),
+        (0 <= masked_variants <= 9998,
+         f"masked_variants must be in 0..9998 (4-digit VVVV), got {masked_variants}"),
+        (image_size >= 16, f"image_size must be >= 16 pixels, got {image_size}"),
+        (seed >= 0, f"seed must be a non-negative integer, got {seed}"),
+        (first_identity >= 0, f"first_identity must be >= 0, got {first_identity}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def write_synthetic_dataset(root, *, num_identities: int, sources_per_identity: int = 4,
+                            masked_variants: int = 2, image_size: int = 64, seed: int = 0,
+                            first_identity: int = 0, progress: bool = True) -> pathlib.Path:
+    """Write identities ``first_identity .. first_identity + num_identities - 1``.
+
+    Files already in ``root`` are overwritten when their names collide and
+    otherwise left alone; ``root/masked.txt`` is rewritten and lists only the
+    masked images written by this call. Returns ``root`` as a Path.
+    """
+    _check_args(num_identities, sources_per_identity, masked_variants, image_size,
+                seed, first_identity)
+    from tqdm.auto import tqdm   # local: only needed when writing
+
+    root = pathlib.Path(root)
+    masked = []
+    indices = range(first_identity, first_identity + num_identities)
+    for index in tqdm(indices, desc="synthetic faces", unit="id", disable=not progress):
+        name = identity_name(index)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        ident = sample_identity(seed, index)
+        for source in range(1, sources_per_identity + 1):
+            photo = sample_photo(seed, index, source)
+            masks = [sample_mask(seed, index, source, v) for v in range(1, masked_variants + 1)]
+            for variant, pixels in enumerate(render_variants(ident, photo, masks, image_size)):
+                file = f"{name}_{source:04d}_{variant:04d}.jpg"
+                Image.fromarray(pixels).save(root / name / file, quality=95)
+                if variant:
+                    masked.append(f"{name}/{file}")
+    (root / "masked.txt").write_text("".join(line + "\n" for line in masked))
+    return root

@@ -1,0 +1,52 @@
+"""Load converted weights (``scripts/convert_weights.py`` output) into a fresh model.
+
+A converted folder holds ``variables/`` (an orbax checkpoint of ``{'params': ...,
+'batch_stats': ...}`` whose top-level keys are ``backbone`` and maybe ``projector``)
+and ``manifest.json`` describing where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+HOW_TO_FIX = (
+    "Convert the VGGFace2 weights first:\n"
+    "  python scripts/convert_weights.py --source resnet50_ft_weight.pkl "
+    "--out converted_weights/vggface2_resnet50_ft\n"
+    "or train from scratch with --config.init=scratch.")
+
+
+def _check_shapes(name: str, loaded, target) -> None:
+    flat_loaded = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+        key = jax.tree_util.keystr(path)
+        if path not in flat_loaded:
+            raise ValueError(f"converted weights lack {name}{key}; were they converted for "
+                             "this architecture (config.model.arch)?")
+        got = np.shape(flat_loaded[path])
+        if got != np.shape(leaf):
+            raise ValueError(f"converted weights {name}{key} have shape {got}, the model "
+                             f"expects {np.shape(leaf)}.")
+
+
+def load_pretrained(path: str, params: Any, batch_stats: Any) -> Tuple[Any, Any]:
+    """Replace the parts of ``params``/``batch_stats`` found in the converted folder."""
+    variables_dir = os.path.abspath(os.path.join(path, "variables"))
+    if not os.path.isdir(variables_dir):
+        raise FileNotFoundError(f"config.init={path!r}: no converted weights at "
+                                f"{variables_dir}.\n{HOW_TO_FIX}")
+    loaded = ocp.StandardCheckpointer().restore(variables_dir)
+    params, batch_stats = dict(params), dict(batch_stats)
+    for part in loaded["params"]:
+        if part not in params:
+            raise ValueError(f"converted weights hold {part!r}, the model has {sorted(params)}.")
+        _check_shapes(f"params[{part!r}]", loaded["params"][part], params[part])
+        _check_shapes(f"batch_stats[{part!r}]", loaded["batch_stats"][part], batch_stats[part])
+        params[part] = jax.tree.map(np.asarray, loaded["params"][part])
+        batch_stats[part] = jax.tree.map(np.asarray, loaded["batch_stats"][part])
+    return params, batch_stats

@@ -1,0 +1,26 @@
+"""The embedded demo: a tiny ResNet on generated masked faces, 8 simulated CPU devices.
+
+  python scripts/train.py --config configs/synthetic.py --workdir runs/synthetic
+"""
+
+from bt_jax.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.data.source = "synthetic"
+    config.data.image_size = 64
+    config.data.normalization = "mlfw"
+    config.data.pair_sampler = "all_pairs"
+    config.model.arch = "tiny"
+    config.model.pool_window = 1
+    config.model.projector = "512-512"
+    config.init = "scratch"
+    config.optim.batch_size = 128
+    config.optim.warmup_epochs = 2
+    config.train.epochs = 20
+    config.augment.crop_scale = 1.2
+    config.augment.brightness = 0.2
+    config.augment.contrast = 0.2
+    config.augment.grayscale_prob = 0.1
+    return config

@@ -1,0 +1,93 @@
+"""The training loop end to end on tiny synthetic data and 8 CPU devices."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from bt_jax import parallel, reducers, train
+from bt_jax.data import folder
+
+
+def _setup(config, workdir):
+    data = train.load_data(config, str(workdir))
+    tx, schedule = train.make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
+    reducer = reducers.make_reducer(config)
+    return data, tx, schedule, train.compile_steps(config, tx, reducer), \
+        train.initial_state(config, tx, reducer)
+
+
+def test_one_step_keeps_replicas_identical_and_compiles_once(tiny, tmp_path, compile_counter):
+    data, tx, _, steps, state = _setup(tiny, tmp_path)
+    mesh = parallel.device_mesh(8)
+    state = parallel.replicate(state, mesh)
+    batches = data.train.batches(0, 16)
+    for i in range(3):
+        v1, v2 = next(batches)
+        if i == 1:
+            compile_counter.count = 0
+        state, metrics = steps.train(state, train.shard_views(v1, v2, 8))
+    assert compile_counter.count == 0  # steps after the first reuse the compiled step
+    for leaf in jax.tree.leaves(state):
+        per_device = np.asarray(leaf)
+        assert np.array_equal(per_device, np.broadcast_to(per_device[0], per_device.shape))
+    assert int(np.asarray(state.step)[0]) == 3
+    assert np.isfinite(np.asarray(metrics["loss"])).all()
+
+
+def test_end_to_end_run_writes_metrics_results_and_checkpoints(tiny, tmp_path):
+    results = train.train_and_evaluate(tiny, str(tmp_path))
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [l for l in lines if "loss" in l]
+    vals = [l for l in lines if "val_loss" in l]
+    assert len(vals) == tiny.train.epochs
+    assert {"epoch", "step", "lr_weights", "lr_biases", "loss", "images_per_s",
+            "wall_time"} <= set(steps[0])
+    assert all(np.isfinite(l["loss"]) for l in steps)
+    assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "best").is_dir()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("trained", "untrained", "raw_pixels"):
+        assert 0.0 <= saved[key]["accuracy"] <= 1.0
+        assert saved[key]["probes"] > 0
+    assert results["trained"] == saved["trained"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, monkeypatch):
+    tiny.train.checkpoint_every_steps = 3
+    train.train_and_evaluate(tiny, str(tmp_path / "full"))
+
+    compile_steps = train.compile_steps
+
+    def crashing_compile(*args):
+        steps = compile_steps(*args)
+        calls = []
+
+        def step(*a):
+            calls.append(1)
+            if len(calls) == 5:  # after the mid-epoch checkpoint at step 3 (4 steps/epoch)
+                raise _Crash()
+            return steps.train(*a)
+        return steps._replace(train=step)
+
+    monkeypatch.setattr(train, "compile_steps", crashing_compile)
+    with pytest.raises(_Crash):
+        train.train_and_evaluate(tiny, str(tmp_path / "resumed"))
+    monkeypatch.setattr(train, "compile_steps", compile_steps)
+    train.train_and_evaluate(tiny, str(tmp_path / "resumed"))
+
+    template = train.initial_state(tiny, *_tx_and_reducer(tiny))
+    full = train.Checkpointer(str(tmp_path / "full")).restore_latest(template)
+    resumed = train.Checkpointer(str(tmp_path / "resumed")).restore_latest(template)
+    assert int(full.step) == int(resumed.step) == 8
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _tx_and_reducer(config):
+    tx, _ = train.make_optimizer(config, 4)
+    return tx, reducers.make_reducer(config)
