@@ -23,6 +23,12 @@ HOW_TO_FIX = (
 
 def _check_shapes(name: str, loaded, target) -> None:
     flat_loaded = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
+    flat_target = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    extra = sorted(jax.tree_util.keystr(p) for p in flat_loaded if p not in flat_target)
+    if extra:
+        raise ValueError(f"converted weights hold {name}{extra[0]} (and {len(extra) - 1} more) "
+                         "that the model lacks; convert without --keep_fc, or check "
+                         "config.model.arch.")
     for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
         key = jax.tree_util.keystr(path)
         if path not in flat_loaded:
