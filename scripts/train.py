@@ -10,13 +10,12 @@ from bt_jax.devices import simulate_cpu_devices
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
 
-import json  # noqa: E402
 import sys  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bt_jax.train import train_and_evaluate  # noqa: E402
+from bt_jax.train import format_results, train_and_evaluate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -27,12 +26,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Expected bad input or divergence: the message names the problem and the fix.
         sys.exit(f"error: {type(e).__name__}: {e}")
-    print(json.dumps(results, indent=2))
+    print(format_results(results))
 
 
 if __name__ == "__main__":
