@@ -7,12 +7,14 @@ NamedTuple kept in the TrainState, so it is checkpointed and resumed with the re
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import jax
+import numpy as np
 import optax
 
 from bt_jax.parallel import AXIS
+from bt_jax.powersgd import compression_stats, powersgd
 
 
 class ExactMeanState(NamedTuple):
@@ -38,5 +40,20 @@ def make_reducer(config) -> optax.GradientTransformation:
     name = config.reducer.name
     if name == "exact":
         return exact_mean()
+    if name == "powersgd":
+        return powersgd(**config.reducer.powersgd.to_dict())
     raise ValueError(
-        f"config.reducer.name={name!r} is not a known gradient reducer; use 'exact'.")
+        f"config.reducer.name={name!r} is not a known gradient reducer; "
+        "use 'exact' or 'powersgd'.")
+
+
+def communication(config, params) -> Tuple[int, int, int]:
+    """(floats an exact all-reduce sends per step, floats this reducer sends once active,
+    the step from which it is active). Static per model, so computed once on the host."""
+    exact = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    if config.reducer.name != "powersgd":
+        return exact, exact, 0
+    p = config.reducer.powersgd
+    stats = compression_stats(params, rank=p.rank, min_compression_rate=p.min_compression_rate,
+                              power_iterations=p.power_iterations)
+    return exact, int(stats["powersgd_floats"]), int(p.start_iter)
