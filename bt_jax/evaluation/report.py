@@ -1,0 +1,70 @@
+"""One evaluation run: load and embed each image once, evaluate, write JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import numpy as np
+
+from bt_jax.data.folder import load_images
+from bt_jax.evaluation import plots
+from bt_jax.evaluation.features import embed_table
+from bt_jax.evaluation.groups import group_report
+from bt_jax.evaluation.identification import Identification
+from bt_jax.evaluation.verification import Verification
+
+RESULTS = "results.json"
+
+
+class _Image(NamedTuple):
+    path: str  # load_images reads only the path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def run_evaluation(embed: Callable[[np.ndarray], np.ndarray], identification: Identification,
+                   out_dir: str, *, image_size: int, title: str,
+                   verification: Optional[Verification] = None,
+                   groups: Optional[Dict[str, str]] = None, normalize: bool = False,
+                   min_support: int = 30, failure_rows: int = 8, progress: bool = True,
+                   settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Evaluate ``embed`` and write ``out_dir/results.json`` and the PNG plots.
+
+    ``settings`` (the command line, the model) is stored alongside the results so that a
+    results file says what produced it.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = list(dict.fromkeys(identification.paths
+                               + (verification.paths if verification else [])))
+    images = load_images([_Image(p) for p in paths], image_size, progress=progress)
+    table = embed_table(embed, paths, images, normalize=normalize)
+    ident = identification.evaluate(table)
+    results: Dict[str, Any] = {"title": title, "settings": settings or {},
+                               "feature_dim": int(table.features.shape[1]),
+                               "identification": ident.summary}
+    if verification is not None:
+        checked = verification.evaluate(table)
+        results["verification"] = checked.summary
+        plots.plot_roc(checked.fpr, checked.tpr, checked.summary,
+                       os.path.join(out_dir, "roc.png"))
+    if groups is not None:
+        results["groups"] = group_report(ident, groups, min_support=min_support,
+                                         bootstrap_samples=identification.samples,
+                                         seed=identification.seed)
+        plots.plot_groups(results["groups"], os.path.join(out_dir, "groups.png"))
+    plots.plot_accuracy(ident.summary, os.path.join(out_dir, "accuracy.png"), title=title,
+                        verification=results.get("verification"))
+    load = lambda records: images[[table.index[r.path] for r in records]]  # noqa: E731
+    results["failure_rows"] = plots.plot_failures(
+        ident, load, os.path.join(out_dir, "failures.png"), limit=failure_rows)
+    with open(os.path.join(out_dir, RESULTS), "w") as f:
+        json.dump(results, f, indent=2, default=_json_default)
+    return results

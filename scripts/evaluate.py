@@ -1,0 +1,170 @@
+"""Evaluate face embeddings: 1-NN identification (source-disjoint headline), verification,
+per-group accuracy. Writes <out>/results.json and PNG plots.
+
+  # a training run's latest checkpoint, one folder split per identity
+  python scripts/evaluate.py --config configs/mlfw.py --workdir runs/mlfw \
+      --data_dir ../shared/data/mlfw/val --out runs/mlfw/eval
+  # an untrained network, or the raw-pixel baseline, at the data's native 112 px
+  python scripts/evaluate.py --config configs/synthetic.py --init scratch \
+      --config.data.image_size=112 --data_dir ../shared/data/mlfw/val --out eval/scratch
+  python scripts/evaluate.py --config configs/synthetic.py --raw_pixels \
+      --config.data.image_size=112 --data_dir ../shared/data/mlfw/val --out eval/pixels
+  # a gallery and a probe folder, a pairs file (or --pairs=generate), groups
+  python scripts/evaluate.py --config configs/mlfw.py --init converted_weights/x \
+      --protocol given --gallery_dir G --probe_dir P --data_dir D --pairs pairs.txt \
+      --groups groups.csv --out eval/x
+
+The model (architecture, image size, normalisation, backbone or projector, metric) comes
+from --config; the weights from --workdir, --init, or else config.init.
+"""
+
+from bt_jax.devices import simulate_cpu_devices
+
+simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bt_jax.data.folder import scan_folder  # noqa: E402
+from bt_jax.evaluation import knn, protocols, raw_pixels, report, verification  # noqa: E402
+from bt_jax.evaluation.groups import read_groups  # noqa: E402
+from bt_jax.evaluation.identification import Identification  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
+                                          "image size, normalisation, config.eval.*).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint to use.")
+_INIT = flags.DEFINE_string("init", None, "Converted-weights folder, or 'scratch' for an "
+                            "untrained network (seeded by config.seed). Default: config.init.")
+_RAW = flags.DEFINE_bool("raw_pixels", False, "Evaluate the raw-pixel baseline, no network.")
+_DATA = flags.DEFINE_string("data_dir", None, "Folder of <identity>/<Name>_SSSS_VVVV.jpg: "
+                            "split by --protocol=split, and the root of --pairs.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "split", protocols.PROTOCOLS, "Identification "
+                              "protocol.")
+_GALLERY = flags.DEFINE_string("gallery_dir", None, "Gallery folder (--protocol=given).")
+_PROBES = flags.DEFINE_string("probe_dir", None, "Probe folder (--protocol=given).")
+_PER_ID = flags.DEFINE_integer("gallery_per_identity", 1, "Gallery images per identity "
+                               "(--protocol=split).")
+_PAIRS = flags.DEFINE_string("pairs", None, "Pairs file (LFW, CALFW or MLFW format) under "
+                             "--data_dir, or 'generate' to write <out>/pairs.txt from it.")
+_PAIRS_PER_FOLD = flags.DEFINE_integer("pairs_per_fold", 300, "Positive (and negative) "
+                                       "pairs per fold for --pairs=generate.")
+_GROUPS = flags.DEFINE_string("groups", None, "CSV of identity,group for per-group accuracy.")
+_MIN_SUPPORT = flags.DEFINE_integer("min_group_support", 30, "Groups with fewer probes are "
+                                    "flagged as small.")
+_OUT = flags.DEFINE_string("out", None, "Output folder for results.json and the plots.")
+_NORMALIZE = flags.DEFINE_bool("l2_normalize", False, "L2-normalise embeddings first.")
+_SEARCH = flags.DEFINE_enum("search", "jax", knn.BACKENDS, "1-NN search backend.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples for CIs.")
+_FAILURES = flags.DEFINE_integer("failure_rows", 8, "Rows of the failure grid.")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def _records(folder: str):
+    # Every image counts here: a lone image still serves as a gallery candidate.
+    return scan_folder(folder, min_images_per_identity=1)
+
+
+def _assignment(config) -> protocols.Assignment:
+    if _PROTOCOL.value == "given":
+        if not (_GALLERY.value and _PROBES.value):
+            raise ValueError("--protocol=given needs --gallery_dir and --probe_dir.")
+        return protocols.given(_records(_GALLERY.value), _records(_PROBES.value))
+    if _GALLERY.value or _PROBES.value:
+        raise ValueError("--gallery_dir/--probe_dir belong to --protocol=given; with "
+                         "--protocol=split pass one --data_dir.")
+    if not _DATA.value:
+        raise ValueError("--protocol=split needs --data_dir, a folder of "
+                         "<identity>/<Name>_SSSS_VVVV.jpg images.")
+    return protocols.split(_records(_DATA.value), seed=config.eval.seed,
+                           gallery_per_identity=_PER_ID.value)
+
+
+def _verification(config):
+    if not _PAIRS.value:
+        return None
+    if not _DATA.value:
+        raise ValueError("--pairs needs --data_dir, the folder its image names refer to.")
+    if _PAIRS.value == "generate":
+        pairs = verification.generate_pairs(_records(_DATA.value), seed=config.eval.seed,
+                                            pairs_per_fold=_PAIRS_PER_FOLD.value)
+        os.makedirs(_OUT.value, exist_ok=True)
+        verification.write_pairs(pairs, os.path.join(_OUT.value, "pairs.txt"), _DATA.value)
+    else:
+        pairs = verification.read_pairs(_PAIRS.value, _DATA.value)
+    return verification.Verification(pairs, metric=config.eval.metric)
+
+
+def _embedder(config):
+    """(embedding function, plot title, settings to record) for the chosen weights."""
+    if _RAW.value:
+        if _WORKDIR.value or _INIT.value:
+            raise ValueError("--raw_pixels evaluates no network: drop --workdir/--init.")
+        return raw_pixels, "raw pixels", {"embedding": "raw_pixels"}
+    from bt_jax.evaluation import network  # imports the trainer: only when needed
+
+    state = network.load_state(config, workdir=_WORKDIR.value, init=_INIT.value)
+    if _WORKDIR.value:
+        weights = f"checkpoint {_WORKDIR.value} step {int(state.step)}"
+    else:
+        init = _INIT.value or config.init
+        weights = f"untrained (seed {config.seed})" if init == "scratch" else f"init {init}"
+    title = f"{config.model.arch} {config.eval.embedding}, {weights}"
+    return (network.NetworkEmbedder(config, state), title,
+            {"embedding": config.eval.embedding, "weights": weights,
+             "model": config.model.to_dict(), "image_size": config.data.image_size,
+             "normalization": config.data.normalization})
+
+
+def _percent(view) -> str:
+    if view["accuracy"] is None:
+        return f"   n/a  on {view['probes']} probes"
+    lo, hi = view["ci95"]
+    return (f"{view['accuracy']:6.1%} [{lo:.1%}, {hi:.1%}] on {view['probes']} probes, "
+            f"{view['identities']} identities")
+
+
+def _print(results) -> None:
+    s = results["identification"]
+    print(f"{results['title']}: {s['protocol']} protocol, {s['metric']}, gallery "
+          f"{s['gallery']} images of {s['gallery_identities']} identities, {s['probes']} probes")
+    names = {"source_disjoint": "source-disjoint (headline)", "full": "full",
+             "leaked": "leaked (source photo in gallery)"}
+    for view, name in names.items():
+        print(f"  {name:34s} {_percent(s['views'][view])}")
+    print(f"  {'probes of identities not in gallery':34s} {s['unknown_identity_probes']}")
+    if "verification" in results:
+        v = results["verification"]
+        tars = ", ".join(f"TAR@FAR={k} {p['tar']:.3f}" for k, p in v["tar_at_far"].items())
+        print(f"  verification: {v['folds']}-fold {v['accuracy']:.1%} ± {v['accuracy_std']:.1%},"
+              f" AUC {v['roc_auc']:.3f}, {tars} ({v['pairs']} pairs)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    try:
+        assignment = _assignment(config)
+        checker = _verification(config)
+        groups = read_groups(_GROUPS.value) if _GROUPS.value else None
+        embed, title, settings = _embedder(config)
+        identification = Identification(assignment, metric=config.eval.metric,
+                                        search=_SEARCH.value, seed=config.eval.seed,
+                                        bootstrap_samples=_BOOTSTRAP.value, progress=True)
+        results = report.run_evaluation(
+            embed, identification, _OUT.value, image_size=config.data.image_size, title=title,
+            verification=checker, groups=groups, normalize=_NORMALIZE.value,
+            min_support=_MIN_SUPPORT.value, failure_rows=_FAILURES.value,
+            settings={"argv": sys.argv, **settings})
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # Expected bad input: one line that names the problem and the fix.
+        sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
+    _print(results)
+    print(f"results: {os.path.join(_OUT.value, report.RESULTS)}")
+
+
+if __name__ == "__main__":
+    app.run(main)
