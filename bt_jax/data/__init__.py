@@ -1,1 +1,2 @@
-"""Data: the synthetic masked-face generator, the folder loader and pair datasets."""
+"""Data: sources (folder, MLFW release, TFDS ``mlfw``, synthetic), pair samplers, the grain
+input pipeline, cleaning and on-device augmentation."""

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import os
 import pathlib
 import re
 import warnings
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -142,16 +143,34 @@ def scan_folder(root, *, min_images_per_identity: int = 2) -> list[ImageRecord]:
     return records
 
 
-def _load_one(path: str, size: int) -> np.ndarray:
+def decode_image(data: bytes, size: int, name: str = "image") -> np.ndarray:
+    """Encoded image bytes -> uint8 (size, size, 3) RGB; ValueError naming ``name`` if bad.
+
+    One decoder for every source (files, TFDS records), so that they yield
+    identical pixels. Non-square images are stretched (bilinear).
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
+            # JPEG can decode at 1/2..1/8 scale for free when shrinking a lot.
+            image.draft("RGB", (size, size))
             image = image.convert("RGB")     # grayscale and palette images -> 3 channels
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot decode image {path}: {error}. Replace or delete the "
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot decode image {name}: {error}. Replace or delete the "
+                         "file, or list it in config.data.exclude_file "
+                         "(scripts/clean_data.py writes that list).") from error
+
+
+def _load_one(path: str, size: int) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}. Replace or delete the "
                          "file.") from error
+    return decode_image(data, size, path)
 
 
 def load_images(records: Sequence[ImageRecord], image_size: int, *, progress: bool = True,
@@ -175,123 +194,5 @@ def load_images(records: Sequence[ImageRecord], image_size: int, *, progress: bo
     return out
 
 
-# --------------------------------------------------------------- pair sampling
-
-PAIR_MODES = ("standard", "all_pairs")
-
-
-class _Identity:
-    """Indices of one identity's images with what the pair preferences need."""
-
-    def __init__(self, indices, sources, masked):
-        self.indices = np.asarray(indices, np.int64)
-        self.sources = np.asarray(sources)
-        # 1 masked, 0 unmasked, -1 unknown.
-        self.masked = np.asarray([-1 if m is None else int(m) for m in masked], np.int8)
-        different = self.sources[:, None] != self.sources[None, :]
-        known = (self.masked[:, None] >= 0) & (self.masked[None, :] >= 0)
-        mixed = known & (self.masked[:, None] != self.masked[None, :])
-        # Different source photos matter most: two variants of one photo are
-        # near-duplicates. A masked/unmasked mix comes second.
-        self.tier = 2.0 * different + mixed
-
-
-def _pick_pairs(ident: _Identity, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Greedily pick ``count`` disjoint pairs of the best available tier.
-
-    Ties go to images of the sources with most images left, so that small
-    sources are not used up early and leave same-source pairs at the end.
-    """
-    n = len(ident.indices)
-    free = np.ones(n, bool)
-    pairs = []
-    source_id = np.unique(ident.sources, return_inverse=True)[1]
-    for _ in range(count):
-        crowd = np.bincount(source_id, weights=free)[source_id]
-        # Tier first, then crowded sources, then chance: crowd + noise < 2n + 1.
-        score = ident.tier * (2 * n + 1) + crowd[:, None] + crowd[None, :] + rng.random((n, n))
-        score[~free, :] = score[:, ~free] = -np.inf
-        np.fill_diagonal(score, -np.inf)
-        a, b = np.unravel_index(np.argmax(score), score.shape)
-        free[[a, b]] = False
-        pairs.append(_order(ident, a, b, rng))
-    return pairs
-
-
-def _order(ident: _Identity, a: int, b: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Unmasked image first when the flags say so, else a random order."""
-    ma, mb = ident.masked[a], ident.masked[b]
-    if ma >= 0 and mb >= 0 and ma != mb:
-        first_a = ma == 0
-    else:
-        first_a = rng.random() < 0.5
-    a, b = (a, b) if first_a else (b, a)
-    return int(ident.indices[a]), int(ident.indices[b])
-
-
-class PairDataset:
-    """Positive pairs (two images of one identity) over preloaded images.
-
-    ``pairs_per_identity``: ``'standard'`` draws one pair per identity per
-    epoch; ``'all_pairs'`` draws floor(n / 2) disjoint pairs per identity.
-    A pair never repeats an image, prefers two different source photos and,
-    when masked flags are known, one masked with one unmasked image
-    (unmasked first). Pairs depend only on (seed, epoch) and are shuffled.
-    Identities with a single image cannot form a pair and are left out.
-    """
-
-    def __init__(self, records: Sequence[ImageRecord], images: np.ndarray, *, seed: int,
-                 pairs_per_identity: str = "standard"):
-        if pairs_per_identity not in PAIR_MODES:
-            raise ValueError(f"pairs_per_identity={pairs_per_identity!r} is unknown; "
-                             f"use one of {PAIR_MODES}.")
-        if len(records) != len(images):
-            raise ValueError(f"{len(records)} records but {len(images)} images: load the "
-                             "images from the same records (load_images(records, size)).")
-        self.records, self.images = list(records), images
-        self.seed, self.mode = int(seed), pairs_per_identity
-        by_label = {}
-        for i, record in enumerate(self.records):
-            by_label.setdefault(record.label, []).append(i)
-        self._identities = [
-            _Identity(idx, [self.records[i].source for i in idx],
-                      [self.records[i].masked for i in idx])
-            for _, idx in sorted(by_label.items()) if len(idx) >= 2]
-        self.pairs_per_epoch = sum(self._pairs_of(ident) for ident in self._identities)
-
-    def _pairs_of(self, ident: _Identity) -> int:
-        return 1 if self.mode == "standard" else len(ident.indices) // 2
-
-    def epoch_pairs(self, epoch: int) -> np.ndarray:
-        """int64 (P, 2) indices into ``records``/``images`` for ``epoch``."""
-        rng = np.random.default_rng((self.seed, int(epoch)))
-        pairs = [pair for ident in self._identities
-                 for pair in _pick_pairs(ident, self._pairs_of(ident), rng)]
-        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        return pairs[rng.permutation(len(pairs))]
-
-    def steps_per_epoch(self, global_batch: int) -> int:
-        """Full batches per epoch; the remainder of the pairs is dropped."""
-        if global_batch < 1 or self.pairs_per_epoch // global_batch == 0:
-            raise ValueError(
-                f"{self.pairs_per_epoch} pairs per epoch ({self.mode!r} over "
-                f"{len(self._identities)} identities with >= 2 images) do not fill one batch "
-                f"of global_batch={global_batch}; lower the batch size, add identities or "
-                "use pairs_per_identity='all_pairs'.")
-        return self.pairs_per_epoch // global_batch
-
-    def batches(self, epoch: int, global_batch: int, *,
-                start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (view1, view2) uint8 (global_batch, S, S, 3) for the rest of ``epoch``.
-
-        ``start_step`` skips that many batches without gathering them, so a
-        resumed run sees exactly the batches it would have seen.
-        """
-        steps = self.steps_per_epoch(global_batch)
-        if not 0 <= start_step <= steps:
-            raise ValueError(f"start_step={start_step} is outside 0..{steps} "
-                             f"(steps per epoch at global_batch={global_batch}).")
-        pairs = self.epoch_pairs(epoch)
-        for step in range(start_step, steps):
-            chosen = pairs[step * global_batch:(step + 1) * global_batch]
-            yield self.images[chosen[:, 0]], self.images[chosen[:, 1]]
+# Samplers live in bt_jax.data.pairs; re-exported so that older imports keep working.
+from bt_jax.data.pairs import PAIR_MODES, PairDataset  # noqa: E402,F401

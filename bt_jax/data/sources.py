@@ -1,12 +1,39 @@
-"""Resolve the configured data source into folders of the ``Name/Name_SSSS_VVVV.jpg`` layout."""
+"""Resolve ``config.data.source`` into one interface: an ``ImageSource`` per split.
+
+Sources (``config.data.source``):
+
+* ``'folder'``: ``<split dir>/<identity>/<Name>_SSSS_VVVV.jpg`` (train_dir, val_dir, eval_dir);
+* ``'synthetic'``: the same layout, generated under the workdir;
+* ``'mlfw_release'``: the official release, ``manual_dir/aligned/`` + ``pairs.txt``
+  (see ``bt_jax.data.release``);
+* ``'tfds'``: the ``mlfw`` TFDS builder (ArrayRecord, no TensorFlow), prepared once
+  under ``tfds_dir`` from ``manual_dir`` in either layout (``bt_jax.data.tfds_mlfw``).
+
+Every source then goes through the same steps: the exclusion list
+(``config.data.exclude_file``), identities with fewer than
+``min_images_per_identity`` images left out with one summary line, labels
+numbered by sorted identity. So the folder and TFDS sources of one data set
+give the same records, labels included.
+"""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
 import os
 import shutil
-from typing import Dict
+import warnings
+from typing import Callable, Dict
 
+import numpy as np
+
+from bt_jax.data.exclusions import read_exclusions, record_key
+from bt_jax.data.folder import decode_image, scan_folder
+from bt_jax.data.pairs import PairDataset
 from bt_jax.data.synthetic import write_synthetic_dataset
+
+SOURCES = ("folder", "synthetic", "mlfw_release", "tfds")
 
 
 def _write_once(root: str, **kwargs) -> str:
@@ -46,4 +73,144 @@ def data_dirs(config, workdir: str) -> Dict[str, str]:
     if source == "folder":
         return {"train": config.data.train_dir, "val": config.data.val_dir,
                 "eval": config.data.eval_dir or config.data.val_dir}
-    raise ValueError(f"config.data.source={source!r} is unknown; use 'folder' or 'synthetic'.")
+    raise ValueError(f"config.data.source={source!r} has no split folders: data_dirs() serves "
+                     f"'folder' and 'synthetic'; open_split() serves all of {SOURCES}.")
+
+
+# ------------------------------------------------------------------ one interface
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """The records of one split and how to read each one's encoded image bytes."""
+    name: str                          # where it came from, for messages
+    records: list                      # ImageRecord, labels dense from 0
+    read: Callable[[int], bytes]       # read(i): encoded bytes of records[i]
+
+
+def _file_reader(paths: list[str]) -> Callable[[int], bytes]:
+    def read(i: int) -> bytes:
+        with open(paths[i], "rb") as f:
+            return f.read()
+    return read
+
+
+def finalize(name: str, records, read, *, excluded: set, min_images: int) -> ImageSource:
+    """Apply the exclusion list, leave out small identities (one summary line) and
+    number the labels by sorted identity."""
+    kept = [i for i, r in enumerate(records) if record_key(r) not in excluded]
+    counts = collections.Counter(records[i].identity for i in kept)
+    small = sorted(k for k, n in counts.items() if n < min_images)
+    if small:
+        shown = ", ".join(small[:5]) + (", ..." if len(small) > 5 else "")
+        warnings.warn(f"{name}: left {len(small)} of {len(counts)} identities with fewer than "
+                      f"{min_images} images (min_images_per_identity, after "
+                      f"{len(records) - len(kept)} excluded images) out of pairing: {shown}",
+                      stacklevel=3)
+    labels = {k: i for i, k in enumerate(sorted(set(counts) - set(small)))}
+    order = [i for i in kept if records[i].identity in labels]
+    if not order:
+        raise ValueError(f"{name}: no identity has min_images_per_identity={min_images} "
+                         "images left; lower it, add images or shorten the exclusion list.")
+    final = [dataclasses.replace(records[i], label=labels[records[i].identity]) for i in order]
+    return ImageSource(name, final, lambda i: read(order[i]))
+
+
+def _raw_split(config, split: str, workdir: str):
+    """(name, records, read) of ``split`` ('train', 'val', 'eval') before finalize()."""
+    source = config.data.source
+    if source in ("folder", "synthetic"):
+        root = data_dirs(config, workdir)[split]
+        records = scan_folder(root, min_images_per_identity=1)
+        return root, records, _file_reader([r.path for r in records])
+    if source == "mlfw_release":
+        from bt_jax.data import release
+
+        root = _manual_dir(config, required=True)
+        records = release.release_split_records(root, "test" if split == "eval" else split)
+        return f"{root} ({split})", records, _file_reader([r.path for r in records])
+    if source == "tfds":
+        return _tfds_split(config, split, workdir)
+    raise ValueError(f"config.data.source={source!r} is unknown; use one of {SOURCES}.")
+
+
+def _manual_dir(config, *, required: bool) -> str:
+    """config.data.manual_dir, or the parent of train_dir (which holds train/ and val/)."""
+    if config.data.manual_dir:
+        return config.data.manual_dir
+    if required:
+        raise ValueError(f"config.data.source={config.data.source!r} needs "
+                         "config.data.manual_dir: the folder holding aligned/ and pairs.txt.")
+    return os.path.dirname(os.path.normpath(config.data.train_dir))
+
+
+def _tfds_split(config, split: str, workdir: str):
+    from bt_jax.data import tfds_mlfw
+
+    data_dir = config.data.tfds_dir or os.path.join(workdir, "tfds")
+    builder = tfds_mlfw.prepare(data_dir, _manual_dir(config, required=False))
+    if split == "eval":
+        split = "test" if "test" in builder.info.splits else "val"
+    records, read = tfds_mlfw.read_split(builder, split)
+    return f"tfds mlfw/{split} in {data_dir}", records, read
+
+
+def open_split(config, split: str, workdir: str) -> ImageSource:
+    """The finalized ``ImageSource`` of ``split`` ('train', 'val' or 'eval')."""
+    name, records, read = _raw_split(config, split, workdir)
+    excluded = read_exclusions(config.data.exclude_file) if config.data.exclude_file else set()
+    return finalize(name, records, read, excluded=excluded,
+                    min_images=config.data.min_images_per_identity)
+
+
+def preload(source: ImageSource, image_size: int, *, progress: bool = True,
+            threads: int | None = None) -> tuple[list, np.ndarray]:
+    """(records, uint8 images) of every readable image of ``source``.
+
+    Unreadable images are left out with one warning naming the first few, so a
+    bad file costs one image, not the run.
+    """
+    from tqdm.auto import tqdm
+
+    def load(i):
+        try:
+            return decode_image(source.read(i), image_size, source.records[i].path)
+        except (OSError, ValueError, KeyError) as error:
+            return error
+
+    n = len(source.records)
+    out = np.empty((n, image_size, image_size, 3), np.uint8)
+    bad = []
+    with concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        for i, pixels in enumerate(tqdm(pool.map(load, range(n)), total=n, unit="img",
+                                        desc=f"loading {os.path.basename(source.name)}",
+                                        disable=not progress)):
+            if isinstance(pixels, Exception):
+                bad.append(i)
+            else:
+                out[i] = pixels
+    if bad:
+        names = ", ".join(source.records[i].path for i in bad[:3])
+        warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images ({names}"
+                      f"{', ...' if len(bad) > 3 else ''}); list them in "
+                      "config.data.exclude_file (scripts/clean_data.py).", stacklevel=2)
+    if not bad:
+        return list(source.records), out
+    keep = np.setdiff1d(np.arange(n), bad)
+    return [source.records[i] for i in keep], out[keep]
+
+
+def train_pairs(config, source: ImageSource):
+    """Training pairs of ``source`` for ``config.data.loader``: 'stream' decodes each batch
+    in grain worker threads, 'preload' decodes everything once into memory."""
+    data, size = config.data, config.data.image_size
+    if data.loader == "stream":
+        from bt_jax.data.pipeline import StreamingPairs   # grain: only when streaming
+
+        return StreamingPairs(source, size, seed=config.seed, mode=data.pair_sampler,
+                              workers=data.workers, prefetch=data.prefetch,
+                              progress=config.train.progress)
+    if data.loader == "preload":
+        return PairDataset(*preload(source, size, progress=config.train.progress),
+                           seed=config.seed, pairs_per_identity=data.pair_sampler)
+    raise ValueError(f"config.data.loader={data.loader!r} is unknown; use 'stream' or 'preload'.")
