@@ -13,19 +13,36 @@ from ml_collections import config_dict
 def base_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
-    # Devices the step is pmap'd over; on CPU the scripts simulate them.
+    # Devices the step is pmap'd over, over all processes; on CPU the scripts simulate them.
     config.num_devices = 8
 
+    # Multi-process runs (jax.distributed). Empty address: single process, unless a SLURM
+    # job with several tasks is detected, whose environment then supplies all three.
+    config.distributed = config_dict.ConfigDict()
+    config.distributed.coordinator_address = ""  # e.g. "10.0.0.1:1234"
+    config.distributed.num_processes = config_dict.placeholder(int)
+    config.distributed.process_id = config_dict.placeholder(int)
+    config.distributed.cpu_collectives = "gloo"  # CPU backend only; GPUs use NCCL
+
     config.data = config_dict.ConfigDict()
-    config.data.source = "folder"  # 'folder' (a Name/Name_SSSS_VVVV.jpg tree) or 'synthetic'
+    # 'folder' (<split dir>/<Name>/<Name>_SSSS_VVVV.jpg), 'synthetic', 'mlfw_release'
+    # (manual_dir/aligned/ + pairs.txt) or 'tfds' (the mlfw builder, from manual_dir).
+    config.data.source = "folder"
     config.data.train_dir = "../shared/data/mlfw/train"
     config.data.val_dir = "../shared/data/mlfw/val"
     # Held-out identities for the end-of-run 1-NN; '' uses val_dir.
     config.data.eval_dir = ""
     config.data.image_size = 244
     config.data.normalization = "vggface2"  # matches the VGGFace2 weights; or 'mlfw'
-    config.data.pair_sampler = "standard"  # 'standard' or 'all_pairs'
+    config.data.pair_sampler = "standard"  # 'standard', 'all_pairs' or 'source_aware'
     config.data.min_images_per_identity = 2
+    # Raw data for 'mlfw_release' and 'tfds' (either layout); '' for 'tfds' = train_dir's parent.
+    config.data.manual_dir = ""
+    config.data.tfds_dir = ""  # prepared ArrayRecord files; '' = <workdir>/tfds
+    config.data.exclude_file = ""  # from scripts/clean_data.py; '' excludes nothing
+    config.data.loader = "stream"  # 'stream' (grain decode workers) or 'preload' (all in RAM)
+    config.data.workers = 0  # decode threads; 0 = 2 per core, at most 16
+    config.data.prefetch = 2  # batches decoded (and put on the devices) ahead of the step
     config.data.synthetic = config_dict.ConfigDict()
     config.data.synthetic.train_identities = 400
     config.data.synthetic.val_identities = 60
@@ -40,6 +57,9 @@ def base_config() -> config_dict.ConfigDict:
     config.augment.brightness = 0.0  # max relative brightness change
     config.augment.contrast = 0.0
     config.augment.grayscale_prob = 0.0
+    # The paper's full recipe instead of the options above (bt_jax/data/augment.py).
+    config.augment.barlow_twins = False
+    config.augment.mask_prob = 0.0  # chance of a synthetic mask on the second view
 
     config.model = config_dict.ConfigDict()
     config.model.arch = "resnet50"  # or 'tiny'

@@ -13,9 +13,25 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 
+def pmap_devices(num_devices: int):
+    """The devices a pmap over ``num_devices`` runs on (None: all of them, every process)."""
+    if jax.process_count() > 1:
+        if num_devices != jax.device_count():
+            raise ValueError(f"config.num_devices={num_devices} must equal the "
+                             f"{jax.device_count()} devices of all {jax.process_count()} processes.")
+        return None
+    return jax.local_devices()[:num_devices]
+
+
+def local_count(num_devices: int) -> int:
+    """Devices of this process among the ``num_devices`` of the whole job."""
+    return num_devices // jax.process_count()
+
+
 def device_mesh(num_devices: int) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` local devices, with a clear error if short."""
+    """A 1-D mesh over this process's share of ``num_devices``, with a clear error if short."""
     devices = jax.local_devices()
+    num_devices = local_count(num_devices)
     if num_devices > len(devices):
         raise ValueError(
             f"config.num_devices={num_devices} but only {len(devices)} {jax.default_backend()} "
@@ -37,6 +53,21 @@ def replicate(tree, mesh: Mesh):
 def unreplicate(tree):
     """Device 0's copy of a replicated pytree, as host numpy arrays (no compilation)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def distribute(tree, mesh: Mesh):
+    """Per-device host values (all devices of the job, stacked) onto this process's devices."""
+    n = mesh.devices.size
+    first = jax.process_index() * n
+    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x)[first:first + n], sharding), tree)
+
+
+def local_values(x) -> np.ndarray:
+    """A pmap output's rows on this process's devices, (local devices, ...), on the host."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.concatenate([np.asarray(s.data) for s in x.addressable_shards])
 
 
 def shard(batch, num_devices: int):

@@ -11,8 +11,10 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bt_jax import evaluation, optim, parallel, preprocess, reducers
+from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducers
 from bt_jax.checkpointing import Checkpointer
 from bt_jax.data import folder, sources
 from bt_jax.losses import barlow_twins_loss
@@ -71,10 +73,13 @@ def train_step(state: TrainState, views, *, model, tx, reducer, config):
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads, reducer_state = reducer.update(grads, state.reducer_state, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state,
-                          reducer_state=reducer_state)
-    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    params = optax.apply_updates(state.params, updates)
+    state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                          opt_state=opt_state, reducer_state=reducer_state)
+    # param_norm turns Inf/NaN in the new weights into a metric the host checks before
+    # any checkpoint of this state is written.
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(params)}
 
 
 def eval_step(state: TrainState, views, mask, *, model, config):
@@ -107,8 +112,9 @@ def compile_steps(config, tx, reducer) -> Steps:
     train = functools.partial(train_step, model=model, tx=tx, reducer=reducer, config=config)
     evals = functools.partial(eval_step, model=model, config=config)
     embed = functools.partial(embed_step, model=model, config=config)
-    return Steps(jax.pmap(train, axis_name=AXIS, donate_argnums=(0,)),
-                 jax.pmap(evals, axis_name=AXIS), jax.pmap(embed, axis_name=AXIS))
+    pmap = functools.partial(jax.pmap, axis_name=AXIS,
+                             devices=parallel.pmap_devices(config.num_devices))
+    return Steps(pmap(train, donate_argnums=(0,)), pmap(evals), pmap(embed))
 
 
 # ----------------------------------------------------------------------------------------
@@ -141,8 +147,28 @@ def initial_state(config, tx, reducer) -> TrainState:
     return TrainState(step=np.zeros((), np.int32), params=params,
                       batch_stats=jax.tree.map(np.asarray, batch_stats),
                       opt_state=jax.tree.map(np.asarray, tx.init(params)),
-                      reducer_state=jax.tree.map(np.asarray, reducer.init(params)),
+                      reducer_state=_per_device(reducer.init(params), config.num_devices),
                       rng=np.asarray(jax.random.fold_in(rng, 2)))
+
+
+def _per_device(tree, num_devices: int):
+    """Stack one host copy per device: reducer state may differ between devices."""
+    return jax.tree.map(lambda x: np.stack([np.asarray(x)] * num_devices), tree)
+
+
+def state_to_devices(state: TrainState, mesh) -> TrainState:
+    """Host state -> device state: replicated, except the per-device reducer state."""
+    on_devices = parallel.replicate(state.replace(reducer_state=()), mesh)
+    return on_devices.replace(reducer_state=parallel.distribute(state.reducer_state, mesh))
+
+
+def state_to_host(state: TrainState) -> TrainState:
+    """Device state -> host state for checkpoints, keeping every device's reducer state
+    (PowerSGD's error feedback differs per device; resuming must restore each one)."""
+    host = parallel.unreplicate(state.replace(reducer_state=()))
+    gathered = jax.tree.map(lambda x: distributed.gather_rows(parallel.local_values(x)),
+                            state.reducer_state)
+    return host.replace(reducer_state=gathered)
 
 
 def check_config(config) -> None:
@@ -160,24 +186,23 @@ def check_config(config) -> None:
 
 
 class Data(NamedTuple):
-    train: folder.PairDataset
+    train: Any  # PairDataset or StreamingPairs (config.data.loader): steps_per_epoch(), batches()
     val: folder.PairDataset
     eval_images: np.ndarray
     eval_records: list
 
 
 def load_data(config, workdir: str) -> Data:
-    dirs = sources.data_dirs(config, workdir)
+    """Pairs and images of ``config.data.source``; val and eval are preloaded because they
+    are small and read every epoch, train follows ``config.data.loader``."""
     size, progress = config.data.image_size, config.train.progress
-    loaded = {}
-    for split in ("train", "val", "eval"):
-        records = folder.scan_folder(
-            dirs[split], min_images_per_identity=config.data.min_images_per_identity)
-        loaded[split] = (records, folder.load_images(records, size, progress=progress))
-    pairs = functools.partial(folder.PairDataset, seed=config.seed,
-                              pairs_per_identity=config.data.pair_sampler)
-    return Data(pairs(*loaded["train"]), pairs(*loaded["val"]), loaded["eval"][1],
-                loaded["eval"][0])
+    split = functools.partial(sources.open_split, config, workdir=workdir)
+    train_source, val_source, eval_source = split("train"), split("val"), split("eval")
+    val = sources.preload(val_source, size, progress=progress)
+    evals = (val if eval_source.name == val_source.name
+             else sources.preload(eval_source, size, progress=progress))
+    pairs = folder.PairDataset(*val, seed=config.seed, pairs_per_identity=config.data.pair_sampler)
+    return Data(sources.train_pairs(config, train_source), pairs, evals[1], evals[0])
 
 
 def _padded_batches(arrays, batch_size: int):
@@ -198,12 +223,23 @@ def shard_views(view1: np.ndarray, view2: np.ndarray, num_devices: int) -> np.nd
     return np.swapaxes(parallel.shard(np.stack([view1, view2], axis=1), num_devices), 1, 2)
 
 
+def local_views(view1: np.ndarray, view2: np.ndarray, config) -> np.ndarray:
+    """This process's slice of a global pair batch, laid out for its devices."""
+    rows = distributed.process_rows
+    return shard_views(rows(view1), rows(view2), parallel.local_count(config.num_devices))
+
+
 def compute_embeddings(steps: Steps, state, images: np.ndarray, config) -> np.ndarray:
-    """Embeddings of all ``images``, padded to one compiled batch shape and un-padded."""
-    n, out = config.num_devices, []
+    """Embeddings of all ``images``, padded to one compiled batch shape and un-padded.
+
+    Each process embeds its slice of every batch; the slices are gathered back in order.
+    """
+    n, out = parallel.local_count(config.num_devices), []
     for chunk, mask in _padded_batches(images, config.eval.batch_size):
-        emb = np.asarray(steps.embed(state, parallel.shard(chunk, n)))
-        out.append(emb.reshape(-1, emb.shape[-1])[mask > 0])
+        emb = parallel.local_values(
+            steps.embed(state, parallel.shard(distributed.process_rows(chunk), n)))
+        emb = distributed.gather_rows(emb.reshape(-1, emb.shape[-1]))
+        out.append(emb[mask > 0])
     return np.concatenate(out)
 
 
@@ -213,10 +249,10 @@ def validation_loss(steps: Steps, state, val: folder.PairDataset, config) -> flo
     views = (val.images[pairs[:, 0]], val.images[pairs[:, 1]])
     total, count = 0.0, 0.0
     for (v1, v2), mask in _padded_batches(views, config.eval.batch_size):
-        loss, n = steps.eval(state, shard_views(v1, v2, config.num_devices),
-                             parallel.shard(mask, config.num_devices))
-        n_real = float(np.asarray(n)[0])
-        total += float(np.asarray(loss)[0]) * n_real
+        loss, n = steps.eval(state, local_views(v1, v2, config), parallel.shard(
+            distributed.process_rows(mask), parallel.local_count(config.num_devices)))
+        n_real = float(parallel.local_values(n)[0])
+        total += float(parallel.local_values(loss)[0]) * n_real
         count += n_real
     return total / count
 
@@ -237,72 +273,149 @@ def _to_python(value):
     return value.item() if value.ndim == 0 else value.tolist()
 
 
-def _check_finite(history, first_step: int) -> None:
-    """Raise naming the first step whose loss or gradient norm was NaN/Inf."""
-    for offset, metrics in enumerate(history):
-        values = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            raise FloatingPointError(
-                f"training diverged at step {first_step + offset}: {values}. The last good "
-                "checkpoint is kept; lower the learning rate (config.optim.lr_weights) or "
-                "check the data.")
+# Exit status after a SIGTERM/SIGUSR1 stop with a saved checkpoint: EX_TEMPFAIL, "try
+# again". Requeue scripts rerun the same command, which resumes from that checkpoint.
+PREEMPTED_EXIT_CODE = 75
 
 
-def _log(writer, history, first_step, schedule, config, epoch, timer):
-    """Pull the buffered device metrics to the host and write one averaged record."""
-    _check_finite(history, first_step)
-    step = first_step + len(history)
-    elapsed = time.time() - timer["t"]
-    record = {"epoch": epoch, "step": step,
-              **optim.group_learning_rates(schedule, step - 1, lr_weights=config.optim.lr_weights,
-                                           lr_biases=config.optim.lr_biases),
-              "loss": float(np.mean([np.asarray(m["loss"])[0] for m in history])),
-              "images_per_s": 2 * config.optim.batch_size * len(history) / max(elapsed, 1e-9),
-              "wall_time": time.time() - timer["start"]}
-    writer.write(record)
-    timer["t"] = time.time()
-    return record
+class Preempted(Exception):
+    """Training stopped on a signal after saving a checkpoint; rerun to resume."""
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 into a flag that the loop reads between steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __enter__(self):
+        self.requested, self._previous = False, {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        del frame
+        self.requested = True
+        tqdm.write(f"received signal {signum}: finishing this step, then saving")
+
+    def should_stop(self) -> bool:
+        # Every process must stop at the same step, or the others hang in a collective.
+        return distributed.any_process(self.requested)
+
+
+class StepLog:
+    """Buffers device metrics and pulls them to the host only when a record is written.
+
+    Every flush also checks the buffered steps for NaN/Inf, so nothing is saved after a
+    divergence and the error names the first bad step.
+    """
+
+    def __init__(self, workdir: str, schedule, config, step: int, comm=None):
+        self.writer = MetricsWriter(workdir) if distributed.is_primary() else None
+        self.schedule, self.config = schedule, config
+        self.comm = comm  # (exact floats, floats sent, first compressed step) or None
+        self.history, self.first = [], step
+        self.start = self.tick = time.time()
+
+    def add(self, metrics) -> None:
+        self.history.append(metrics)
+
+    def due(self) -> bool:
+        return len(self.history) >= self.config.train.log_every_steps
+
+    def flush(self, epoch: int) -> Optional[Dict[str, Any]]:
+        if not self.history:
+            return None
+        host = [{k: float(parallel.local_values(v)[0]) for k, v in m.items()} for m in self.history]
+        for offset, values in enumerate(host):
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(
+                    f"training diverged at step {self.first + offset + 1}: {values}. The last "
+                    "good checkpoint is kept; lower the learning rates (config.optim.lr_weights,"
+                    " config.optim.lr_biases) or check the data.")
+        record = self._record(epoch, host)
+        self.history, self.first, self.tick = [], record["step"], time.time()
+        self.write(record)
+        return record
+
+    def _record(self, epoch, host) -> Dict[str, Any]:
+        o, step = self.config.optim, self.first + len(host)
+        rates = optim.group_learning_rates(self.schedule, step - 1, lr_weights=o.lr_weights,
+                                           lr_biases=o.lr_biases)
+        elapsed = max(time.time() - self.tick, 1e-9)
+        return {"epoch": epoch, "step": step, **rates,
+                "loss": float(np.mean([h["loss"] for h in host])),
+                "grad_norm": float(np.mean([h["grad_norm"] for h in host])),
+                "images_per_s": 2 * o.batch_size * len(host) / elapsed,
+                "wall_time": time.time() - self.start, **self._communication(step)}
+
+    def _communication(self, step: int) -> Dict[str, Any]:
+        if self.comm is None:
+            return {}
+        exact, compressed, start = self.comm
+        sent = compressed if step > start else exact
+        return {"floats_exact": exact, "floats_sent": sent, "compression_ratio": exact / sent}
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
 
 
 def run_training(config, workdir, state, steps: Steps, data: Data, schedule, ckpt) -> Any:
     """The step loop from ``state.step`` to the end; returns the final replicated state."""
-    n, batch = config.num_devices, config.optim.batch_size
+    batch = config.optim.batch_size
     per_epoch = data.train.steps_per_epoch(batch)
     total = config.train.epochs * per_epoch
-    writer, timer = MetricsWriter(workdir), {"t": time.time(), "start": time.time()}
     step = int(parallel.unreplicate(state.step))
-    history, first = [], step
-    bar = tqdm(total=total, initial=step, desc="train", unit="step",
-               disable=not config.train.progress, dynamic_ncols=True)
-    while step < total:
-        epoch, offset = divmod(step, per_epoch)
-        for view1, view2 in data.train.batches(epoch, batch, start_step=offset):
-            state, metrics = steps.train(state, shard_views(view1, view2, n))
-            history.append(metrics)
-            step += 1
-            bar.update(1)
-            end_of_epoch = step % per_epoch == 0
-            if len(history) >= config.train.log_every_steps or end_of_epoch:
-                record = _log(writer, history, first, schedule, config, epoch, timer)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=epoch)
-                history, first = [], step
-            every = config.train.checkpoint_every_steps
-            if end_of_epoch:
-                _end_epoch(config, state, steps, data, ckpt, writer, epoch, step)
-            elif every and step % every == 0:
-                ckpt.save(step, parallel.unreplicate(state))
-    bar.close()
+    comm = reducers.communication(config, parallel.unreplicate(state.params))
+    log = StepLog(workdir, schedule, config, step, comm)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (config.train.progress and distributed.is_primary()))
+    with StopRequest() as stop, bar:
+        while step < total:
+            epoch, offset = divmod(step, per_epoch)
+            for view1, view2 in data.train.batches(epoch, batch, start_step=offset):
+                # The training data yields this process's rows of each global batch already.
+                state, metrics = steps.train(state, shard_views(
+                    view1, view2, parallel.local_count(config.num_devices)))
+                step += 1
+                log.add(metrics)
+                bar.update(1)
+                _after_step(config, state, steps, data, ckpt, log, bar, stop, epoch, step,
+                            end_of_epoch=step % per_epoch == 0)
     return state
 
 
-def _end_epoch(config, state, steps, data, ckpt, writer, epoch, step) -> None:
+def _after_step(config, state, steps, data, ckpt, log, bar, stop, epoch, step, end_of_epoch):
+    """Logging, validation and checkpoints due after ``step``; raises Preempted on a signal."""
+    if log.due() or end_of_epoch:
+        record = log.flush(epoch)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=epoch)
+    stopping = stop.should_stop()
+    every = config.train.checkpoint_every_steps
+    if end_of_epoch:
+        _end_epoch(config, state, steps, data, ckpt, log, epoch, step)
+    elif stopping or (every and step % every == 0):
+        log.flush(epoch)
+        ckpt.save(step, state_to_host(state))
+    if stopping:
+        raise Preempted(f"stopped by a signal after step {step}; the checkpoint is saved. "
+                        "Run the same command again to resume.")
+
+
+def _end_epoch(config, state, steps, data, ckpt, log, epoch, step) -> None:
     val_loss = validation_loss(steps, state, data.val, config)
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"validation loss is {val_loss} after step {step}; the last "
                                  "good checkpoint is kept.")
-    writer.write({"epoch": epoch, "step": step, "val_loss": val_loss})
-    ckpt.save(step, parallel.unreplicate(state), val_loss=val_loss)
-    tqdm.write(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  val_loss {val_loss:.4f}")
+    log.write({"epoch": epoch, "step": step, "val_loss": val_loss})
+    ckpt.save(step, state_to_host(state), val_loss=val_loss)
+    if distributed.is_primary():
+        tqdm.write(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  val_loss {val_loss:.4f}")
 
 
 def _identification(config, steps, state, data) -> Dict[str, float]:
@@ -326,6 +439,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     """Train Barlow Twins (resuming from ``workdir`` when it holds checkpoints), then
     report 1-NN identification for the trained network, the untrained one and raw pixels."""
     check_config(config)
+    distributed.initialize(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.device_mesh(config.num_devices)
     data = load_data(config, workdir)
@@ -336,18 +450,25 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(fresh)
-        if restored is not None:
-            tqdm.write(f"resuming from step {int(restored.step)} in {workdir}")
-        untrained = _identification(config, steps, parallel.replicate(fresh, mesh), data)
-        tqdm.write(f"untrained network: 1-NN accuracy {100 * untrained['accuracy']:.2f}%")
-        state = run_training(config, workdir, parallel.replicate(fresh if restored is None else restored, mesh),
-                             steps, data, schedule, ckpt)
+        start = fresh if restored is None else restored
+        _say(f"resuming from step {int(restored.step)} in {workdir}" if restored is not None
+             else f"training from step 0 in {workdir}")
+        untrained = _identification(config, steps, state_to_devices(fresh, mesh), data)
+        _say(f"untrained network: 1-NN accuracy {100 * untrained['accuracy']:.2f}%")
+        state = run_training(config, workdir, state_to_devices(start, mesh), steps, data,
+                             schedule, ckpt)
         trained = _identification(config, steps, state, data)
     finally:
         ckpt.close()
     raw = evaluation.identification_report(evaluation.raw_pixels, data.eval_images,
                                            data.eval_records, config.eval.metric)
     results = {"trained": trained, "untrained": untrained, "raw_pixels": raw}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    if distributed.is_primary():
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
     return results
+
+
+def _say(message: str) -> None:
+    if distributed.is_primary():
+        tqdm.write(message)

@@ -81,3 +81,18 @@ def test_identities_with_one_image_are_skipped_with_warning(tiny, tmp_path):
     with pytest.warns(UserWarning, match="Lonely_Person"):
         records = train.folder.scan_folder(dirs["train"])
     assert "Lonely_Person" not in {r.identity for r in records}
+
+
+def test_empty_data_folder_exits_with_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = _run_script(tmp_path, "--config.data.source=folder",
+                       f"--config.data.train_dir={tmp_path / 'empty'}")
+    assert proc.returncode != 0
+    assert "empty" in proc.stderr and "_SSSS_VVVV.jpg" in proc.stderr
+
+
+def test_more_devices_than_available_exits_with_clear_error(tmp_path):
+    proc = _run_script(tmp_path, "--config.num_devices=16", "--config.optim.batch_size=32",
+                       "--config.eval.batch_size=32")
+    assert proc.returncode != 0
+    assert "config.num_devices=16 but only 8" in proc.stderr

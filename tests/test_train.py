@@ -21,7 +21,7 @@ def _setup(config, workdir):
 def test_one_step_keeps_replicas_identical_and_compiles_once(tiny, tmp_path, compile_counter):
     data, tx, _, steps, state = _setup(tiny, tmp_path)
     mesh = parallel.device_mesh(8)
-    state = parallel.replicate(state, mesh)
+    state = train.state_to_devices(state, mesh)
     batches = data.train.batches(0, 16)
     for i in range(3):
         v1, v2 = next(batches)
@@ -58,7 +58,11 @@ class _Crash(Exception):
 
 
 def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, monkeypatch):
+    """With PowerSGD, whose error feedback differs per device and must resume per device."""
     tiny.train.checkpoint_every_steps = 3
+    tiny.reducer.name = "powersgd"
+    tiny.reducer.powersgd.rank = 2
+    tiny.reducer.powersgd.start_iter = 1
     train.train_and_evaluate(tiny, str(tmp_path / "full"))
 
     compile_steps = train.compile_steps
@@ -84,6 +88,8 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
     full = train.Checkpointer(str(tmp_path / "full")).restore_latest(template)
     resumed = train.Checkpointer(str(tmp_path / "resumed")).restore_latest(template)
     assert int(full.step) == int(resumed.step) == 8
+    errors = jax.tree.leaves(full.reducer_state.error)
+    assert any(np.ptp(e, axis=0).max() > 0 for e in errors)  # per-device state is real
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
 
