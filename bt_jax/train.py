@@ -442,6 +442,11 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     distributed.initialize(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.device_mesh(config.num_devices)
+    if config.data.source == "synthetic":
+        # One process writes the generated images; the others wait, then read them.
+        if distributed.is_primary():
+            sources.synthetic_dirs(config, workdir)
+        distributed.barrier("synthetic_data")
     data = load_data(config, workdir)
     tx, schedule = make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
     reducer = reducers.make_reducer(config)

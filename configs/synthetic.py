@@ -12,6 +12,7 @@ def get_config():
     config.data.image_size = 64
     config.data.normalization = "mlfw"
     config.data.pair_sampler = "all_pairs"
+    config.data.loader = "preload"  # 3,000 small images fit in memory; one progress bar
     config.model.arch = "tiny"
     config.model.pool_window = 1
     config.model.projector = "512-512"

@@ -136,7 +136,6 @@ def _free_port():
 
 def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_path):
     workdir = tmp_path / "multi"
-    train.sources.data_dirs(tiny_config(), str(workdir))  # both hosts then read, not write
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     procs = [subprocess.Popen(
@@ -151,11 +150,14 @@ def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_pat
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     multi = _final_state(workdir)
     assert int(multi.step) == int(uninterrupted.step)
-    # The parameters agree to 1e-6. Cross-process sums run in another order (gloo), and
-    # BatchNorm running means carry that as up to ~2e-4 relative, so the rest of the
-    # state is compared relatively.
+    # The parameters agree to 1e-6. Cross-process sums run in another order (gloo); the
+    # BatchNorm running statistics and momenta carry that as ~1e-5 of each tensor's scale
+    # (single entries near zero differ by up to 0.1% of themselves), so they are compared
+    # against their tensor's largest magnitude.
     for x, y in zip(jax.tree.leaves(multi.params), jax.tree.leaves(uninterrupted.params)):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
-    rest = lambda s: (s.batch_stats, s.opt_state, s.rng)
+    np.testing.assert_array_equal(multi.rng, uninterrupted.rng)
+    rest = lambda s: (s.batch_stats, s.opt_state)
     for x, y in zip(jax.tree.leaves(rest(multi)), jax.tree.leaves(rest(uninterrupted))):
-        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-6)
+        scale = max(1.0, float(np.abs(np.asarray(y, np.float64)).max()))
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-4 * scale)
