@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducers
 from bt_jax.checkpointing import Checkpointer
-from bt_jax.data import folder, sources
+from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
 from bt_jax.models import BarlowTwins, Projector, parse_projector_sizes, resnet50, tiny_resnet
 from bt_jax.parallel import AXIS
@@ -55,8 +55,9 @@ def _views(state, views, config):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
     k1, k2 = jax.random.split(rng)
     norm = config.data.normalization
-    x1 = preprocess.normalize(preprocess.augment(k1, views[0], config.augment), norm)
-    x2 = preprocess.normalize(preprocess.augment(k2, views[1], config.augment), norm)
+    # view=1 is the second image of a pair: the one a synthetic mask may be drawn on.
+    x1 = preprocess.normalize(augment.augment(k1, views[0], config.augment, view=0), norm)
+    x2 = preprocess.normalize(augment.augment(k2, views[1], config.augment, view=1), norm)
     return x1, x2
 
 

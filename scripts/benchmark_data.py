@@ -19,6 +19,7 @@ simulate_cpu_devices(8)  # before jax is imported
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -42,6 +43,8 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed train steps per size (after com
 _ARCH = flags.DEFINE_string("arch", "resnet50", "Backbone of the step: 'resnet50' or 'tiny'.")
 _PROJECTOR = flags.DEFINE_string("projector", "2048-4096-8192", "Projector sizes.")
 _JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
+_WORKDIR = flags.DEFINE_string("workdir", os.path.join(tempfile.gettempdir(), "bt_jax_bench_data"),
+                               "Scratch folder (the prepared TFDS data goes here).")
 
 
 def _config(size: int):
@@ -51,7 +54,7 @@ def _config(size: int):
     config.data.source = _SOURCE.value
     config.data.train_dir = os.path.join(_DATA_DIR.value, "train")
     config.data.val_dir = os.path.join(_DATA_DIR.value, "val")
-    config.data.tfds_dir = "/tmp/bt_jax_benchmark_tfds"
+    config.data.tfds_dir = os.path.join(_WORKDIR.value, "tfds")
     config.data.image_size = size
     config.data.workers = _WORKERS.value
     config.model.arch = _ARCH.value
@@ -101,7 +104,7 @@ def measure(size: int) -> dict:
     config = _config(size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # the one identity with a single image
-        source = sources.open_split(config, "train", "/tmp/bt_jax_benchmark")
+        source = sources.open_split(config, "train", _WORKDIR.value)
     stream = StreamingPairs(source, size, seed=0, mode="all_pairs", workers=_WORKERS.value)
     decoded = pipeline_rate(stream)
     print(f"{size}px pipeline: {decoded:.0f} images/s ({stream.workers} threads)", flush=True)
