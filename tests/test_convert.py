@@ -27,9 +27,9 @@ TOLERANCE = 1e-4  # relative error ||out - ref|| / ||ref|| in float32
 
 def _torch():
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
-    import torch_reference  # tests/ is on sys.path; this module imports torch itself
+    from bt_jax import torch_models  # imports torch itself
 
-    return torch, torch_reference
+    return torch, torch_models
 
 
 def rel_error(out, ref) -> float:

@@ -1,11 +1,17 @@
-"""PyTorch reference models for the conversion parity tests (imported only where torch is).
+"""PyTorch references of our models, for conversion parity tests and the benchmark.
+
+Imported only where torch is installed (the ``test`` extra pins it); nothing in training
+imports this module.
 
 ``CaffeResNet50`` follows the VGGFace2 release's PyTorch port: the stride sits on the first
 1x1 convolution of a bottleneck, the stem max-pool has no padding and uses ceil mode, the
-average pool is a fixed 7x7 window at stride 1, and the classifier has 8631 identities.
-``BarlowTwinsReference`` is the earlier work's model: that backbone, a Linear/BN/ReLU
-projector and the loss's affine-free BatchNorm.
+average pool is a fixed window (7 at 224 px) at stride 1, and the classifier has 8631
+identities. ``BarlowTwinsReference`` is the earlier work's model (facebookresearch/
+barlowtwins): that backbone, a Linear/BN/ReLU projector, the affine-free BatchNorm and the
+cross-correlation loss; ``LARS`` is its optimizer.
 """
+
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -16,7 +22,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)  # Caffe: here
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -37,7 +43,9 @@ class Bottleneck(nn.Module):
 
 
 class CaffeResNet50(nn.Module):
-    def __init__(self, num_classes=8631):
+    """The release's backbone; ``num_classes=None`` returns the flattened features."""
+
+    def __init__(self, num_classes=8631, pool_window: int = 7):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -50,7 +58,7 @@ class CaffeResNet50(nn.Module):
                 layer.append(Bottleneck(inplanes, planes, stride))
                 inplanes = planes * 4
             setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
-        self.avgpool = nn.AvgPool2d(7, stride=1)
+        self.avgpool = nn.AvgPool2d(pool_window, stride=1)
         self.fc = nn.Linear(2048, num_classes) if num_classes else None
 
     def features(self, x):
@@ -77,6 +85,40 @@ class BarlowTwinsReference(nn.Module):
 
     def embed(self, x):
         return self.projector(self.backbone(x))
+
+    def loss(self, z1, z2, lambd: float):
+        """The reference loss on one device's batch (its all_reduce is a no-op here)."""
+        c = self.bn(z1).T @ self.bn(z2) / z1.shape[0]
+        on_diag = torch.diagonal(c).add(-1).pow(2).sum()
+        off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+        return on_diag + lambd * off_diag
+
+
+class LARS(torch.optim.Optimizer):
+    """The reference LARS: weight decay and trust ratio on weights (ndim != 1) only,
+    momentum on the scaled gradient before the learning rate."""
+
+    def __init__(self, params, lr, weight_decay=1e-6, momentum=0.9, eta=0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      eta=eta))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim != 1:
+                    dp = dp.add(p, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.0, torch.where(
+                        update_norm > 0, group["eta"] * param_norm / update_norm, one), one)
+                    dp = dp.mul(q)
+                mu = self.state[p].setdefault("mu", torch.zeros_like(p))
+                mu.mul_(group["momentum"]).add_(dp)
+                p.add_(mu, alpha=-group["lr"])
 
 
 @torch.no_grad()
