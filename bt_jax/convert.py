@@ -31,10 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import bt_jax
-from bt_jax.models import Projector, resnet50, tiny_resnet
+from bt_jax.models import ARCHS, Projector
 from bt_jax.preprocess import NORMALIZATIONS
 
-ARCHS = {"resnet50": resnet50, "tiny": tiny_resnet}
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 TORCH_SUFFIXES = (".pth", ".pt")
 ZIP_MAGIC = b"PK\x03\x04"

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax.models import BarlowTwins, Projector, parse_projector_sizes, resnet50, tiny_resnet
+from bt_jax.models import (ARCHS, BarlowTwins, Projector, parse_projector_sizes, resnet50,
+                           small_resnet, tiny_resnet)
 from bt_jax.models.resnet import _max_pool_ceil
 from bt_jax.parallel import AXIS
 
@@ -23,6 +24,17 @@ def test_resnet50_gives_8192_features_at_244():
     assert resnet50().feature_dim(244) == 8192
     n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
     assert n_params == 23_508_032  # torchvision-size ResNet-50 without its fc layer
+
+
+@pytest.mark.parametrize("size, window, features", [(64, 2, 256), (112, 4, 256), (112, 1, 4096)])
+def test_small_resnet_pools_globally_at_its_sizes(size, window, features):
+    """configs/mlfw_cpu.py's backbone: the config's window is the whole final map."""
+    model = small_resnet(pool_window=window)
+    variables, shape = _shapes(model, size)
+    assert shape == (2, features) and model.feature_dim(size) == features
+    n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
+    assert n_params == 309_904  # vs 23.5M for ResNet-50: a model for an hour on a CPU
+    assert ARCHS["small"] is small_resnet
 
 
 def test_resnet50_topology_and_names():

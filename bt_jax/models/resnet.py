@@ -130,6 +130,14 @@ def resnet50(**kwargs) -> CaffeResNet:
     return CaffeResNet(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), **kwargs)
 
 
+def small_resnet(**kwargs) -> CaffeResNet:
+    """A quarter-width one-block-per-stage variant sized for training on a CPU at 112 px
+    (310k parameters; 256 features after the global pool)."""
+    kwargs.setdefault("pool_window", 4)
+    return CaffeResNet(stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16,
+                       expansion=2, **kwargs)
+
+
 def tiny_resnet(**kwargs) -> CaffeResNet:
     """A narrow one-block-per-stage variant from the same code, for tests and the demo."""
     kwargs.setdefault("pool_window", 1)
