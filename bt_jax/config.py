@@ -34,7 +34,7 @@ def base_config() -> config_dict.ConfigDict:
     config.data.eval_dir = ""
     config.data.image_size = 244
     config.data.normalization = "vggface2"  # matches the VGGFace2 weights; or 'mlfw'
-    config.data.pair_sampler = "standard"  # 'standard', 'all_pairs' or 'source_aware'
+    config.data.pair_sampler = "standard"  # 'standard', 'all_pairs', 'source_aware', 'same_source'
     config.data.min_images_per_identity = 2
     # Raw data for 'mlfw_release' and 'tfds' (either layout); '' for 'tfds' = train_dir's parent.
     config.data.manual_dir = ""
@@ -59,10 +59,12 @@ def base_config() -> config_dict.ConfigDict:
     config.augment.grayscale_prob = 0.0
     # The paper's full recipe instead of the options above (bt_jax/data/augment.py).
     config.augment.barlow_twins = False
+    # Smallest area fraction the recipe's random resized crop keeps (the paper: 0.08).
+    config.augment.crop_area_min = 0.08
     config.augment.mask_prob = 0.0  # chance of a synthetic mask on the second view
 
     config.model = config_dict.ConfigDict()
-    config.model.arch = "resnet50"  # or 'tiny'
+    config.model.arch = "resnet50"  # or 'small' (CPU-sized, 112 px) or 'tiny' (tests)
     config.model.pool_window = 7
     config.model.projector = "2048-4096-8192"
     config.model.dtype = "float32"  # compute dtype; params and loss stay float32
@@ -102,6 +104,9 @@ def base_config() -> config_dict.ConfigDict:
     config.train.checkpoint_every_steps = 0  # 0: only at the end of each epoch
     config.train.keep_checkpoints = 2
     config.train.progress = True
+    # 1-NN accuracy on the eval identities every this many epochs (a learning curve in
+    # metrics.jsonl); 0: only the final evaluation.
+    config.train.knn_every_epochs = 0
 
     # 'scratch' for random initialisation, or a folder written by scripts/convert_weights.py.
     config.init = "converted_weights/vggface2_resnet50_ft"
@@ -111,4 +116,14 @@ def base_config() -> config_dict.ConfigDict:
     config.eval.embedding = "backbone"  # or 'projector'
     config.eval.metric = "cosine"  # or 'euclidean'
     config.eval.seed = 0
+    return config
+
+
+def mild_face_augment(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """Aligned faces keep their layout, so only small crops and photometric changes; the
+    mask, not the augmentation, is the transformation the network must learn to ignore."""
+    config.augment.crop_scale = 1.2
+    config.augment.brightness = 0.2
+    config.augment.contrast = 0.2
+    config.augment.grayscale_prob = 0.1
     return config

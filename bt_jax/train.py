@@ -26,13 +26,12 @@ from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducer
 from bt_jax.checkpointing import Checkpointer
 from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
-from bt_jax.models import BarlowTwins, Projector, parse_projector_sizes, resnet50, tiny_resnet
+from bt_jax.models import ARCHS, BarlowTwins, Projector, parse_projector_sizes
 from bt_jax.parallel import AXIS
 from bt_jax.pretrained import load_pretrained
 from bt_jax.train_state import TrainState
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ARCHS = {"resnet50": resnet50, "tiny": tiny_resnet}
 
 
 def create_model(config, axis_name=None) -> BarlowTwins:
@@ -72,6 +71,11 @@ def train_step(state: TrainState, views, *, model, tx, reducer, config):
         return loss, new["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return apply_gradients(state, loss, grads, batch_stats, tx=tx, reducer=reducer)
+
+
+def apply_gradients(state: TrainState, loss, grads, batch_stats, *, tx, reducer):
+    """Reduce this device's gradients over AXIS, take the LARS step, return the metrics."""
     grads, reducer_state = reducer.update(grads, state.reducer_state, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -413,10 +417,17 @@ def _end_epoch(config, state, steps, data, ckpt, log, epoch, step) -> None:
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"validation loss is {val_loss} after step {step}; the last "
                                  "good checkpoint is kept.")
-    log.write({"epoch": epoch, "step": step, "val_loss": val_loss})
+    record = {"epoch": epoch, "step": step, "val_loss": val_loss}
+    every = config.train.knn_every_epochs
+    if every and (epoch + 1) % every == 0 and epoch + 1 < config.train.epochs:
+        # A learning curve of the end-of-run evaluation; the last epoch gets the full one.
+        record["knn_accuracy"] = _identification(config, steps, state, data)["accuracy"]
+    log.write(record)
     ckpt.save(step, state_to_host(state), val_loss=val_loss)
     if distributed.is_primary():
-        tqdm.write(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  val_loss {val_loss:.4f}")
+        knn = f"  1-NN {100 * record['knn_accuracy']:.2f}%" if "knn_accuracy" in record else ""
+        tqdm.write(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  "
+                   f"val_loss {val_loss:.4f}{knn}")
 
 
 def _identification(config, steps, state, data) -> Dict[str, float]:

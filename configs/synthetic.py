@@ -3,7 +3,7 @@
   python scripts/train.py --config configs/synthetic.py --workdir runs/synthetic
 """
 
-from bt_jax.config import base_config
+from bt_jax.config import base_config, mild_face_augment
 
 
 def get_config():
@@ -20,8 +20,4 @@ def get_config():
     config.optim.batch_size = 128
     config.optim.warmup_epochs = 2
     config.train.epochs = 20
-    config.augment.crop_scale = 1.2
-    config.augment.brightness = 0.2
-    config.augment.contrast = 0.2
-    config.augment.grayscale_prob = 0.1
-    return config
+    return mild_face_augment(config)

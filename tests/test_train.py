@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bt_jax import parallel, reducers, train
-from bt_jax.data import folder
+from bt_jax.evaluation.plots import plot_training
 
 
 def _setup(config, workdir):
@@ -37,11 +37,20 @@ def test_one_step_keeps_replicas_identical_and_compiles_once(tiny, tmp_path, com
 
 
 def test_end_to_end_run_writes_metrics_results_and_checkpoints(tiny, tmp_path):
+    tiny.train.knn_every_epochs = 1
     results = train.train_and_evaluate(tiny, str(tmp_path))
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [l for l in lines if "loss" in l]
     vals = [l for l in lines if "val_loss" in l]
     assert len(vals) == tiny.train.epochs
+    # The learning curve: every epoch but the last, which the final evaluation covers.
+    assert ["knn_accuracy" in l for l in vals] == [True] * (tiny.train.epochs - 1) + [False]
+    assert 0.0 <= vals[0]["knn_accuracy"] <= 1.0
+    plot = tmp_path / "curve.png"
+    plot_training(str(tmp_path / "metrics.jsonl"), str(plot), title="tiny",
+                  final={"raw pixels": results["raw_pixels"]["accuracy"]},
+                  last_knn=results["trained"]["accuracy"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"epoch", "step", "lr_weights", "lr_biases", "loss", "images_per_s",
             "wall_time"} <= set(steps[0])
     assert all(np.isfinite(l["loss"]) for l in steps)

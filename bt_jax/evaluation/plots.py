@@ -145,3 +145,63 @@ def plot_failures(result: IdentificationResult, load: Callable[[Sequence], np.nd
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return len(cells)
+
+
+def read_metrics(path: str) -> Dict[str, list]:
+    """metrics.jsonl as columns: train steps (loss, lr) and epoch ends (val, 1-NN)."""
+    import json
+
+    train = {"step": [], "loss": []}
+    epochs = {"step": [], "val_loss": [], "knn_step": [], "knn_accuracy": []}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "val_loss" in record:
+                epochs["step"].append(record["step"])
+                epochs["val_loss"].append(record["val_loss"])
+                if "knn_accuracy" in record:
+                    epochs["knn_step"].append(record["step"])
+                    epochs["knn_accuracy"].append(record["knn_accuracy"])
+            elif "loss" in record:
+                train["step"].append(record["step"])
+                train["loss"].append(record["loss"])
+    return {**train, **{f"epoch_{k}": v for k, v in epochs.items()}}
+
+
+def plot_training(metrics_path: str, path: str, *, title: str,
+                  final: Optional[Dict[str, float]] = None,
+                  last_knn: Optional[float] = None) -> None:
+    """Train and val loss by step; 1-NN accuracy by epoch on a second axis, with the
+    final evaluation's figures (``{label: accuracy}``) as horizontal reference lines.
+    ``last_knn`` (the run's results.json) closes the curve at the last step."""
+    plt = _pyplot()
+    m = read_metrics(metrics_path)
+    if last_knn is not None and m["epoch_step"]:
+        m["epoch_knn_step"].append(m["epoch_step"][-1])
+        m["epoch_knn_accuracy"].append(last_knn)
+    if not m["step"]:
+        raise ValueError(f"{metrics_path} has no training records; is it a run's metrics.jsonl?")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.plot(m["step"], m["loss"], color="#9e9e9e", lw=1, label="train loss")
+    ax.plot(m["epoch_step"], m["epoch_val_loss"], color="#1f77b4", marker=".", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("Barlow Twins loss")
+    handles = ax.get_legend_handles_labels()
+    if m["epoch_knn_step"] or final:
+        acc = ax.twinx()
+        if m["epoch_knn_step"]:
+            acc.plot(m["epoch_knn_step"], m["epoch_knn_accuracy"], color="#d62728", marker="o",
+                     ms=3, label="val 1-NN accuracy (first-source split)")
+        for (label, value), style in zip((final or {}).items(), ("--", ":", "-.", "-")):
+            acc.axhline(value, color="#2ca02c", ls=style, lw=1, label=f"{label}: {value:.1%}")
+        acc.set_ylabel("1-NN accuracy")
+        acc.set_ylim(0, None)
+        acc.yaxis.set_major_formatter(lambda v, _: f"{v:.1%}")
+        more = acc.get_legend_handles_labels()
+        handles = (handles[0] + more[0], handles[1] + more[1])
+    # Below the axes: the curves fill the plot area.
+    ax.legend(*handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
