@@ -125,6 +125,23 @@ def test_source_aware_never_pairs_one_photo_and_prefers_masked_with_unmasked():
     assert cross_source_capacity([3, 1]) == 1 and cross_source_capacity([2, 2, 2]) == 3
 
 
+def test_same_source_pairs_two_variants_of_one_photo():
+    records = _records({
+        "a": [(1, False), (1, True), (1, True), (2, False), (2, True)],  # 1 + 1 pairs
+        "b": [(3, None), (4, None)]})                                  # no photo twice
+    sampler = PairSampler(records, seed=0, mode="same_source")
+    assert sampler.pairs_per_epoch == 2
+    seen = set()
+    for epoch in range(10):
+        pairs = sampler.epoch_pairs(epoch)
+        assert len(pairs) == 2 and len(np.unique(pairs)) == 4
+        assert all(records[i].source == records[j].source for i, j in pairs)
+        # A masked/unmasked pair leads with the unmasked image.
+        assert all(not (records[i].masked and records[j].masked is False) for i, j in pairs)
+        seen |= {tuple(sorted(p)) for p in pairs.tolist()}
+    assert len(seen) > 2  # the variants of photo 1 are re-paired across epochs
+
+
 def test_hosts_get_disjoint_rows_of_each_global_batch(synth):
     records = scan_folder(synth)
     full = PairSampler(records, seed=1, mode="all_pairs").host_pairs(
@@ -340,3 +357,22 @@ def test_barlow_twins_recipe_is_random_per_key_and_resizes_on_device(synth):
     assert 0 <= float(a.min()) and float(a.max()) <= 255
     np.testing.assert_array_equal(a, run(jax.random.PRNGKey(1), faces))
     assert not np.allclose(a, b)
+
+
+def test_crop_area_min_reaches_the_recipes_crop(synth, monkeypatch):
+    faces = np.stack([np.asarray(Image.open(p)) for p in sorted(synth.glob("*/*.jpg"))[:2]])
+    seen, crop = [], augment.random_resized_crop
+
+    def spy(key, image, out_size, area, ratio):
+        seen.append(area)
+        return crop(key, image, out_size, area, ratio)
+
+    monkeypatch.setattr(augment, "random_resized_crop", spy)
+    for value in (0.08, 0.5):
+        augment.augment(jax.random.PRNGKey(0), faces, _augment_cfg(barlow_twins=True,
+                                                                   crop_area_min=value))
+    assert seen == [(0.08, 1.0), (0.5, 1.0)]
+    # The whole image at aspect 1 is the image itself.
+    x = faces[0].astype(np.float32) / 255
+    np.testing.assert_allclose(crop(jax.random.PRNGKey(3), x, x.shape[0], (1.0, 1.0), (1, 1)),
+                               x, atol=1e-5)

@@ -215,8 +215,10 @@ def augment(rng, images, cfg, *, view: int = 0, out_size: int | None = None):
         keys = jax.random.split(k_mask, x.shape[0])
         x = jax.vmap(lambda k, im: _put_mask(k, im, bank, mask_prob))(keys, x)
     if cfg.get("barlow_twins", False):
+        recipe = dataclasses.replace(
+            BARLOW_TWINS, crop_area=(cfg.get("crop_area_min", BARLOW_TWINS.crop_area[0]), 1.0))
         keys = jax.random.split(k_aug, x.shape[0])
-        x = jax.vmap(lambda k, im: barlow_twins_one(k, im, view, out_size))(keys, x)
+        x = jax.vmap(lambda k, im: barlow_twins_one(k, im, view, out_size, recipe))(keys, x)
         return x * 255.0
     if out_size != size:
         x = jax.image.resize(x, (x.shape[0], out_size, out_size, 3), "linear")

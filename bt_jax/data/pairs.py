@@ -9,6 +9,10 @@ Three samplers (``config.data.pair_sampler``):
   photo are near-duplicates: pairing them teaches memory, not recognition),
   i.e. min(floor(n / 2), n - largest source) per identity. Identities with a
   single source photo are left out with one summary warning.
+* ``'same_source'``: the opposite, the paper's "mask as a transformation" in
+  its purest form: disjoint pairs of two variants of ONE source photo (another
+  mask, or none), floor(k / 2) per photo with k variants. Photos with a single
+  variant are left out.
 
 ``standard`` and ``all_pairs`` *prefer* different source photos but fall back
 to same-source pairs; ``source_aware`` never does. All three prefer a masked
@@ -25,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-PAIR_MODES = ("standard", "all_pairs", "source_aware")
+PAIR_MODES = ("standard", "all_pairs", "source_aware", "same_source")
 
 
 class _Identity:
@@ -101,6 +105,21 @@ def _pick_cross_source_pairs(ident: _Identity, count: int,
     return pairs
 
 
+def _same_source_capacity(ident: _Identity) -> int:
+    return int(np.sum(np.bincount(ident.groups) // 2))
+
+
+def _pick_same_source_pairs(ident: _Identity, count: int,
+                            rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Every source photo's variants, shuffled and paired off (``count`` is the capacity)."""
+    pairs = []
+    for group in range(int(ident.groups.max()) + 1):
+        members = rng.permutation(np.flatnonzero(ident.groups == group))
+        pairs += [_order(ident, a, b, rng) for a, b in zip(members[0::2], members[1::2])]
+    assert len(pairs) == count
+    return pairs
+
+
 def _order(ident: _Identity, a: int, b: int, rng: np.random.Generator) -> tuple[int, int]:
     """Unmasked image first when the flags say so, else a random order."""
     ma, mb = ident.masked[a], ident.masked[b]
@@ -158,12 +177,15 @@ class PairSampler:
             return 1
         if self.mode == "all_pairs":
             return len(ident.indices) // 2
+        if self.mode == "same_source":
+            return _same_source_capacity(ident)
         return cross_source_capacity(np.bincount(ident.groups))
 
     def epoch_pairs(self, epoch: int) -> np.ndarray:
         """int64 (P, 2) indices into ``records`` for ``epoch``, shuffled; same on every host."""
         rng = np.random.default_rng((self.seed, int(epoch)))
-        pick = _pick_cross_source_pairs if self.mode == "source_aware" else _pick_pairs
+        pick = {"source_aware": _pick_cross_source_pairs,
+                "same_source": _pick_same_source_pairs}.get(self.mode, _pick_pairs)
         pairs = [pair for ident in self._identities
                  for pair in pick(ident, self._pairs_of(ident), rng)]
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
