@@ -1,11 +1,9 @@
 """The 8-device Barlow Twins loss and its gradients equal one device on the global batch."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from bt_jax.losses import barlow_twins_loss, cross_correlation
 from bt_jax.parallel import AXIS
