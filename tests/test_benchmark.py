@@ -1,0 +1,160 @@
+"""The benchmark's own logic: the fused-views step, the PyTorch mirror, the comm model,
+the config stand-in and the report. Timing itself is not tested."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bt_jax.benchmark import comm, jobs, measure, report
+from bt_jax.benchmark.cases import Case, full_pool_window
+from bt_jax.benchmark.jax_step import JaxStep, Variant
+
+TINY = Case(image_size=32, batch=8, projector="32-32", arch="tiny", num_devices=2)
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_fused_views_step_equals_train_step():
+    plain = JaxStep(TINY, Variant())
+    fused = JaxStep(TINY, Variant(fused=True), host_state=plain.host_state)
+    for _ in range(2):
+        plain(), fused()
+    assert fused.loss == pytest.approx(plain.loss, rel=1e-5)
+    for a, b in zip(_leaves(plain.state.params), _leaves(fused.state.params)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    # Running stats: the vmapped views must reproduce the sequential EMA of train_step.
+    for a, b in zip(_leaves(plain.state.batch_stats), _leaves(fused.state.batch_stats)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_rotation_varies_order_and_neighbours():
+    names = ["a", "b", "c"]
+    orders = [measure.rotation(names, r) for r in range(6)]
+    assert orders[:3] == [["a", "b", "c"], ["a", "c", "b"], ["c", "a", "b"]]
+    # Over a few rounds every runner directly follows every other one: a slow patch on a
+    # shared machine is not pinned on one runner's predecessor.
+    follows = {(o[i], o[i + 1]) for o in orders for i in range(2)}
+    assert follows == {(x, y) for x in names for y in names if x != y}
+
+
+def test_alternate_limits_slow_runner():
+    calls = {"fast": 0, "slow": 0}
+
+    def runner(name):
+        def run():
+            calls[name] += 1
+            return 0.0
+        return run
+    times = measure.alternate({"fast": runner("fast"), "slow": runner("slow")}, rounds=5,
+                              warmup=1, limits={"slow": 2})
+    assert len(times["fast"]) == 5 and len(times["slow"]) == 2
+    assert calls == {"fast": 6, "slow": 3}
+
+
+def test_ring_allreduce_model():
+    floats, nvlink = 82_240_576, 300e9
+    expected = 2 * 7 / 8 * floats * 4 / nvlink + 2 * 7 * 5e-6
+    assert comm.ring_allreduce_s(floats, nvlink, 5e-6) == pytest.approx(expected)
+    steps = comm.step_model(floats, {"4": 497_868}, compute_s=0.1)
+    ethernet = steps["25 Gb/s Ethernet, across nodes"]
+    assert ethernet["exact"]["comm_s"] == pytest.approx(2 * 7 / 8 * floats * 4 / 3.125e9 + 14 * 5e-5)
+    assert ethernet["PowerSGD r4"]["step_s"] < ethernet["exact"]["step_s"]
+    # 128 images a GPU at the published A100 rate, ResNet-50's own cost per image.
+    assert comm.assumed_compute_s(comm.RESNET50_TRAIN_FLOPS_PER_IMAGE) == pytest.approx(128 / 2470)
+
+
+def test_full_pool_window_keeps_the_244_parameters():
+    assert full_pool_window(244) == 7  # the earlier work's setting
+    assert full_pool_window(112) == 3 and full_pool_window(64) == 1
+
+
+def test_config_without_ml_collections():
+    """The GPU machines may lack ml_collections: the stand-in must carry the step."""
+    code = ("import sys; sys.modules['ml_collections'] = None\n"
+            "from bt_jax.benchmark.cases import Case\n"
+            "from bt_jax import reducers, train\n"
+            "c = Case(reducer='powersgd', rank=2).config()\n"
+            "assert c.reducer.powersgd.to_dict()['rank'] == 2 and c.optim.batch_size == 8\n"
+            "reducers.make_reducer(c); train.make_optimizer(c, steps_per_epoch=10)\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_torch_lars_matches_ours():
+    torch = pytest.importorskip("torch", reason="needs PyTorch: pip install torch==2.13.0 (the test extra)")
+    import optax
+
+    from bt_jax.torch_models import LARS
+    from bt_jax.optim import lars
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(6, 4)).astype(np.float32),
+              "b": rng.normal(size=(4,)).astype(np.float32)}
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    opt = LARS([{"params": [tensors["w"]], "lr": 0.5 * 0.2},
+                {"params": [tensors["b"]], "lr": 0.5 * 0.0048}], lr=0.5)
+    tx = lars(lambda step: 0.5)
+    state, ours = tx.init(params), params
+    for step in range(3):
+        grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+        for k, t in tensors.items():
+            t.grad = torch.tensor(grads[k])
+        opt.step()
+        updates, state = tx.update(grads, state, ours)
+        ours = optax.apply_updates(ours, updates)
+    for k, t in tensors.items():
+        np.testing.assert_allclose(np.asarray(ours[k]), t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_throughput_job_and_report():
+    """A tiny throughput job in-process, then the markdown built from its result."""
+    spec = {"kind": "throughput", "label": "32px levers", "xla_flags": "",
+            "case": {"image_size": 32, "batch": 4, "projector": "16-16", "arch": "tiny"},
+            "jax": [{"name": report.OURS_PLAIN, "dtype": "float32", "donate": True, "fused": False},
+                    {"name": "ours f32 2B", "dtype": "float32", "donate": True, "fused": True}],
+            "torch": [], "rounds": 2, "peak_n": 128}
+    result = {"spec": spec, **jobs.throughput(spec)}
+    assert set(result["summary"]) == {report.OURS_PLAIN, "ours f32 2B"}
+    assert result["xla_flops"][report.OURS_PLAIN] > 0 and result["peaks"]["jax float32"] > 0
+    comm_spec = {"kind": "comm", "label": "m", "xla_flags": "",
+                 "case": {"image_size": 64, "projector": "16-16"}, "ranks": [1, 4]}
+    comm_job = {"spec": comm_spec, **jobs.comm(comm_spec)}
+    results = {"machine": {"processor": "cpu", "cpu_count": 2, "cpu_flags": "", "jax": "x",
+                           "python": "3", "load_avg_start": 0.0, "load_avg_end": 0.0},
+               "wall_s": 1.0, "throughput": [result], "comm": comm_job, "model": None,
+               "jobs": [result, comm_job]}
+    text = report.render(json.loads(json.dumps(results)), "python scripts/benchmark.py")
+    assert "| 32 | 4 | default | ours f32 2B |" in text
+    assert "PowerSGD rank 4" in text and "Peak host memory" in text
+
+
+def test_gpu_plan_halves_a_batch_that_does_not_fit(monkeypatch):
+    """The GPU path's job sequence, with the jobs faked (no GPU here)."""
+    from bt_jax.benchmark import plan
+    seen = []
+
+    def fake_run_job(spec, **kwargs):
+        seen.append((spec["label"], spec["case"]["batch"], [t["name"] for t in spec["torch"]]))
+        if spec["case"]["batch"] == 256:
+            return {"spec": spec, "error": "exit 1"}
+        runners = [v["name"] for v in spec["jax"]] + [t["name"] for t in spec["torch"]]
+        stats = {"median_s": 0.5, "q1_s": 0.4, "q3_s": 0.6, "min_s": 0.4, "max_s": 0.7, "n": 10}
+        return {"spec": spec, "summary": {r: stats for r in runners}, "images_per_step":
+                2 * spec["case"]["batch"], "xla_flops": {"ours bf16": 1e13},
+                "peaks": {"jax bfloat16": 7e14}}
+    monkeypatch.setattr(plan.jobs, "run_job", fake_run_job)
+    results = plan.run_throughput(plan.Options(platform="gpu", sizes=(244,), batches=(256,)))
+    assert seen == [("244px alone", 256, []), ("244px alone", 128, []),
+                    ("244px with PyTorch", 64, ["PyTorch bf16 autocast"])]
+    rows = report.step_rows(results[-1])
+    ours = next(r for r in rows if r["runner"] == "ours bf16")
+    assert ours["vs_torch"] == pytest.approx(1.0)
+    assert ours["mfu"] == pytest.approx(1e13 / 0.5 / 7e14)
