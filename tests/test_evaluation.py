@@ -322,11 +322,28 @@ def test_evaluate_script_writes_results_and_plots_and_fails_in_one_line(folder, 
     assert set(results["verification"]["tar_at_far"]) == {"0.001", "0.01"}
     for png in ("accuracy", "groups", "roc", "failures"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 0
+    _check_results_table(tmp_path / "out" / "results.json", results)
     bad = _evaluate("--config", "configs/synthetic.py", "--raw_pixels",
                     f"--out={tmp_path / 'bad'}")
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ValueError: --protocol=split "
                                                           "needs --data_dir")
+
+
+def _check_results_table(path, results):
+    """scripts/results_table.py: one row per file, the CI cells and the ratio column."""
+    def table(*args):
+        return subprocess.run([sys.executable, "scripts/results_table.py", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+
+    run = table(f"a={path}", f"b={path}", "--vs", "b")
+    assert run.returncode == 0, run.stderr
+    rows = [l for l in run.stdout.splitlines() if l.startswith("| a ") or l.startswith("| b ")]
+    disjoint = results["identification"]["views"]["source_disjoint"]
+    assert len(rows) == 2 and f"{100 * disjoint['accuracy']:.1f}% [" in rows[0]
+    assert rows[0].endswith("| 1.0 |" if disjoint["accuracy"] else "| n/a |")
+    bad = table(f"a={path}", "--vs", "c")
+    assert bad.returncode != 0 and "names no row" in bad.stderr
 
 
 @pytest.mark.skipif(not MLFW_VAL.is_dir(), reason=f"real MLFW data not found at {MLFW_VAL} "
