@@ -1,6 +1,6 @@
 """Plot a training run's curve: train/val loss by step and the 1-NN accuracy by epoch.
 
-  python scripts/plot_training.py --workdir runs/mlfw_cpu --out docs/figures/mlfw_cpu.png \
+  python scripts/plot_training.py --workdir runs/mlfw_cpu --out runs/mlfw_cpu/training.png \
       --eval "trained=runs/mlfw_cpu/eval/results.json" \
       --eval "untrained=runs/mlfw_cpu/eval_untrained/results.json"
 

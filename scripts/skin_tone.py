@@ -2,9 +2,9 @@
 and a PNG sheet of sampled images with their skin masks. Method: bt_jax/skin_tone.py,
 docs/skin_tone.md.
 
-  python scripts/skin_tone.py --data_dir ../shared/data/mlfw/val --out_csv /tmp/tone/val.csv
+  python scripts/skin_tone.py --data_dir ../shared/data/mlfw/val --out_csv runs/tone/val.csv
   python scripts/evaluate.py --config configs/synthetic.py --config.data.image_size=112 \
-      --raw_pixels --data_dir ../shared/data/mlfw/val --groups /tmp/tone/val.csv --out /tmp/ev
+      --raw_pixels --data_dir ../shared/data/mlfw/val --groups runs/tone/val.csv --out runs/tone/eval
 
 The CSV's ``group`` column is the ITA category (``unknown`` when no image of the identity
 had measurable skin). The sheet goes to --sheet, by default beside the CSV.

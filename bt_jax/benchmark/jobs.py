@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict
 
@@ -160,6 +161,15 @@ def comm(spec) -> Dict[str, Any]:
     return out
 
 
+def data_dir(given: str = "") -> str:
+    """``given``, or MLFW next to the checkout (``<repo>/../shared/data/mlfw``), where the
+    tests find it."""
+    if given:
+        return given
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(os.path.dirname(repo), "shared", "data", "mlfw")
+
+
 def pipeline(spec) -> Dict[str, Any]:
     """Images per second out of the grain input pipeline alone (read, decode, resize,
     batch) on the MLFW training folder, per image size."""
@@ -167,14 +177,14 @@ def pipeline(spec) -> Dict[str, Any]:
 
     from bt_jax.data import sources
     from bt_jax.data.pipeline import StreamingPairs
-    out = {}
+    out, data = {}, data_dir(spec["data"])
     for size in spec["sizes"]:
         config = Case(image_size=size, pool_window=1).config()  # only its data fields matter
-        config.data.train_dir = os.path.join(spec["data"], "train")
-        config.data.val_dir = os.path.join(spec["data"], "val")
-        with warnings.catch_warnings():
+        config.data.train_dir = os.path.join(data, "train")
+        config.data.val_dir = os.path.join(data, "val")
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as workdir:
             warnings.simplefilter("ignore")  # identities with a single image
-            source = sources.open_split(config, "train", spec["workdir"])
+            source = sources.open_split(config, "train", workdir)
         stream = StreamingPairs(source, size, seed=0, mode="all_pairs", workers=spec["workers"])
         batches = stream.batches(0, spec["batch"])
         next(batches)  # starts the worker threads

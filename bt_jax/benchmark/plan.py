@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -181,20 +180,14 @@ def run_comm(options: Options) -> Dict[str, Any]:
     return jobs.run_job(spec)
 
 
-def default_data_dir() -> str:
-    """MLFW next to the checkout (``<repo>/../shared/data/mlfw``), as the tests find it."""
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(os.path.dirname(repo), "shared", "data", "mlfw")
-
-
 def run_pipeline(options: Options) -> Dict[str, Any]:
-    data = options.data_dir or default_data_dir()
-    if not os.path.isdir(os.path.join(data, "train")):
-        return {"spec": {"kind": "pipeline"}, "error": f"no training folder under {data}"}
+    # The spec (kept in the JSON) names the folder as given; '' is the default beside the repo.
+    if not os.path.isdir(os.path.join(jobs.data_dir(options.data_dir), "train")):
+        return {"spec": {"kind": "pipeline"},
+                "error": f"no training folder under {jobs.data_dir(options.data_dir)}"}
     spec = {"kind": "pipeline", "label": "MLFW train folder", "sizes": list(options.sizes),
-            "data": data, "workdir": os.path.join(tempfile.gettempdir(), "bt_jax_benchmark"),
-            "batch": options.pipeline_batch, "batches": options.pipeline_batches,
-            "workers": options.pipeline_workers}
+            "data": options.data_dir, "batch": options.pipeline_batch,
+            "batches": options.pipeline_batches, "workers": options.pipeline_workers}
     return jobs.run_job(spec)
 
 
