@@ -64,7 +64,7 @@ def base_config() -> config_dict.ConfigDict:
     config.augment.mask_prob = 0.0  # chance of a synthetic mask on the second view
 
     config.model = config_dict.ConfigDict()
-    config.model.arch = "resnet50"  # or 'small' (CPU-sized, 112 px) or 'tiny' (tests)
+    config.model.arch = "resnet50"  # or 'small' (sized for CPU training) or 'tiny' (tests)
     config.model.pool_window = 7
     config.model.projector = "2048-4096-8192"
     config.model.dtype = "float32"  # compute dtype; params and loss stay float32

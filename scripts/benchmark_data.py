@@ -27,6 +27,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from bt_jax import parallel, reducers, train  # noqa: E402
+from bt_jax.benchmark.measure import pipeline_rate  # noqa: E402
 from bt_jax.config import base_config  # noqa: E402
 from bt_jax.data import sources  # noqa: E402
 from bt_jax.data.pipeline import StreamingPairs  # noqa: E402
@@ -65,17 +66,6 @@ def _config(size: int):
     return config
 
 
-def pipeline_rate(stream: StreamingPairs) -> float:
-    """Images per second out of the pipeline alone, after one warm-up batch."""
-    batches = stream.batches(0, _BATCH.value)
-    next(batches)
-    start, images = time.perf_counter(), 0
-    for _ in range(_BATCHES.value):
-        view1, _ = next(batches)
-        images += 2 * len(view1)
-    return images / (time.perf_counter() - start)
-
-
 def step_rates(config, stream: StreamingPairs) -> tuple[float, float]:
     """(images/s of the step on a fixed device batch, images/s fed by the pipeline)."""
     mesh = parallel.device_mesh(config.num_devices)
@@ -106,7 +96,7 @@ def measure(size: int) -> dict:
         warnings.simplefilter("ignore")          # the one identity with a single image
         source = sources.open_split(config, "train", _WORKDIR.value)
     stream = StreamingPairs(source, size, seed=0, mode="all_pairs", workers=_WORKERS.value)
-    decoded = pipeline_rate(stream)
+    decoded = pipeline_rate(stream, _BATCH.value, _BATCHES.value)
     print(f"{size}px pipeline: {decoded:.0f} images/s ({stream.workers} threads)", flush=True)
     step, fed = step_rates(config, stream)
     result = {"image_size": size, "source": _SOURCE.value, "cores": os.cpu_count(),

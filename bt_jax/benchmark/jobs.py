@@ -78,14 +78,19 @@ def throughput(spec) -> Dict[str, Any]:
     torch_runners = _torch_runners(spec, case, out)
     runners.update(torch_runners)
     limits = {t["name"]: t["rounds"] for t in spec.get("torch", []) if t.get("rounds")}
-    times = measure.alternate(runners, spec["rounds"], spec.get("warmup", 1), limits)
-    out["times"] = times
-    out["summary"] = {name: measure.summary(t) for name, t in times.items()}
+    _time(runners, spec, case, out, limits)
     out["loss"] = {name: r.loss for name, r in runners.items()}
-    out["images_per_step"] = 2 * case.batch
     out["peaks"] = _peaks(spec, bool(torch_runners))
     out["rss_mb"] = measure.peak_rss_mb()
     return out
+
+
+def _time(runners, spec, case, out, limits=None) -> None:
+    """Alternate ``runners`` for the spec's rounds; their times and summaries into ``out``."""
+    times = measure.alternate(runners, spec["rounds"], spec.get("warmup", 1), limits)
+    out["times"] = times
+    out["summary"] = {name: measure.summary(t) for name, t in times.items()}
+    out["images_per_step"] = 2 * case.batch
 
 
 def _torch_runners(spec, case, out) -> Dict[str, Any]:
@@ -132,10 +137,7 @@ def scaling(spec) -> Dict[str, Any]:
             case.with_(num_devices=most, reducer="powersgd", rank=rank), host_state=None)
     for name, step in runners.items():
         out["compile_s"][name], out["xla_flops"][name] = step.compile_s, step.flops
-    times = measure.alternate(runners, spec["rounds"], spec.get("warmup", 1))
-    out["times"] = times
-    out["summary"] = {name: measure.summary(t) for name, t in times.items()}
-    out["images_per_step"] = 2 * case.batch
+    _time(runners, spec, case, out)
     out["rss_mb"] = measure.peak_rss_mb()
     return out
 
@@ -155,7 +157,8 @@ def comm(spec) -> Dict[str, Any]:
     params = jax.eval_shape(init, jax.random.PRNGKey(0), x, x)["params"]
     out = {"params": None, "powersgd": {}}
     for rank in spec["ranks"]:
-        stats = compression_stats(params, rank=rank, min_compression_rate=2.0)
+        stats = compression_stats(params, rank=rank, min_compression_rate=(
+            config.reducer.powersgd.min_compression_rate))
         out["params"] = stats["exact_floats"]
         out["powersgd"][str(rank)] = stats["powersgd_floats"]
     return out
@@ -186,12 +189,7 @@ def pipeline(spec) -> Dict[str, Any]:
             warnings.simplefilter("ignore")  # identities with a single image
             source = sources.open_split(config, "train", workdir)
         stream = StreamingPairs(source, size, seed=0, mode="all_pairs", workers=spec["workers"])
-        batches = stream.batches(0, spec["batch"])
-        next(batches)  # starts the worker threads
-        start = time.perf_counter()
-        for _ in range(spec["batches"]):
-            next(batches)
-        rate = 2 * spec["batch"] * spec["batches"] / (time.perf_counter() - start)
+        rate = measure.pipeline_rate(stream, spec["batch"], spec["batches"])
         out[str(size)] = {"images_per_s": rate, "threads": stream.workers}
         measure.log(f"  pipeline at {size} px: {rate:.0f} images/s ({stream.workers} threads)")
     out["rss_mb"] = measure.peak_rss_mb()

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from bt_jax.benchmark import comm, jobs
-from bt_jax.benchmark.report import OURS_PLAIN, TORCH_F32, step_rows
+from bt_jax.benchmark.report import OURS_PLAIN, TORCH_F32, ok_jobs, step_rows
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 LEVERS = ("bf16", "fused", "ynn", "nodonate")
@@ -97,10 +97,6 @@ def _throughput_spec(options: Options, size: int, batch: int, ours, torch_runner
             "peak_for_mfu": "bfloat16" if gpu else "float32"}
 
 
-def _ok(results):
-    return [r for r in results if "error" not in r]
-
-
 def best_variant(results) -> Tuple[str, Dict[str, Any]]:
     """(XLA flags, runner) of our runner with the lowest median step time in ``results``.
 
@@ -109,7 +105,7 @@ def best_variant(results) -> Tuple[str, Dict[str, Any]]:
     process flatters whatever ran there.
     """
     best = None
-    for job in _ok(results):
+    for job in ok_jobs(results):
         by_name = {v["name"]: v for v in job["spec"]["jax"]}
         for name, stats in job["summary"].items():
             if name in by_name and (best is None or stats["median_s"] < best[0]):
@@ -193,7 +189,7 @@ def run_pipeline(options: Options) -> Dict[str, Any]:
 
 def _flops_per_image_244(throughput) -> Tuple[Optional[float], str]:
     """Our step's FLOPs per image at 244 px: measured if a 244 job ran, else scaled."""
-    ok = [j for j in _ok(throughput) if j.get("xla_flops")]
+    ok = [j for j in ok_jobs(throughput) if j.get("xla_flops")]
     for job in ok:
         if job["spec"]["case"]["image_size"] == 244:
             return next(iter(job["xla_flops"].values())) / job["images_per_step"], "XLA, 244 px"

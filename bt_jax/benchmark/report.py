@@ -20,7 +20,8 @@ def _fmt(x: Optional[float], digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
-def _ok(jobs):
+def ok_jobs(jobs):
+    """The jobs that finished (a failed job carries an 'error' instead of results)."""
     return [j for j in jobs if "error" not in j]
 
 
@@ -64,7 +65,7 @@ def step_rows(job) -> List[Dict[str, Any]]:
 
 def throughput_table(jobs) -> str:
     rows = []
-    for job in _ok(jobs):
+    for job in ok_jobs(jobs):
         spec = job["spec"]
         for r in step_rows(job):
             rows.append([spec["case"]["image_size"], spec["case"]["batch"], _flags(job),
@@ -85,8 +86,8 @@ def lever_table(jobs) -> str:
     XLA-flag ones) is compared across processes, so it also carries any change in load.
     """
     rows = []
-    for size in sorted({j["spec"]["case"]["image_size"] for j in _ok(jobs)}):
-        at_size = [j for j in _ok(jobs) if j["spec"]["case"]["image_size"] == size]
+    for size in sorted({j["spec"]["case"]["image_size"] for j in ok_jobs(jobs)}):
+        at_size = [j for j in ok_jobs(jobs) if j["spec"]["case"]["image_size"] == size]
         plain = next((j for j in at_size if not j["spec"]["xla_flags"]
                       and OURS_PLAIN in j["summary"]), None)
         for job in at_size:
@@ -105,7 +106,7 @@ def lever_table(jobs) -> str:
 
 def mfu_table(jobs) -> str:
     rows = []
-    for job in _ok(jobs):
+    for job in ok_jobs(jobs):
         flops = job.get("xla_flops", {})
         peaks = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in job.get("peaks", {}).items())
         main = flops.get(OURS_PLAIN) or next(iter(flops.values()), None)
@@ -186,7 +187,7 @@ def memory_table(results) -> str:
 def _consumers(results) -> Dict[str, Dict[int, float]]:
     """Images/s that each consumer of the pipeline eats, per image size."""
     ours: Dict[int, float] = {}
-    for job in _ok(results.get("throughput", [])):
+    for job in ok_jobs(results.get("throughput", [])):
         names = {v["name"] for v in job["spec"]["jax"]}
         rates = [r["images_per_s"] for r in step_rows(job) if r["runner"] in names]
         size = job["spec"]["case"]["image_size"]
