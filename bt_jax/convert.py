@@ -31,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import bt_jax
+from bt_jax import convert_facenet
 from bt_jax.models import ARCHS, Projector
 from bt_jax.preprocess import NORMALIZATIONS
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
+GRAPH_SUFFIXES = (".pb",)
 TORCH_SUFFIXES = (".pth", ".pt")
 ZIP_MAGIC = b"PK\x03\x04"
 # torch.save's pre-1.6 format starts with this pickled integer.
@@ -43,7 +45,9 @@ LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 FC_IMAGE_SIZE = 224
 # The preprocessing each source was trained with (presets of bt_jax.preprocess): the
 # release's Caffe inputs, and the earlier Barlow Twins work's MLFW statistics.
-DEFAULT_NORMALIZATION = {"release": "vggface2", "barlow": "mlfw"}
+DEFAULT_NORMALIZATION = {"release": "vggface2", "barlow": "mlfw", "graph": "facenet"}
+# The backbone each kind of source converts to when --arch is not given.
+DEFAULT_ARCH = {"pickle": "resnet50", "torch": "resnet50", "graph": "inception_resnet_v1"}
 # Only what a pickle of numpy arrays needs; anything else in the file is refused.
 _PICKLE_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
@@ -89,14 +93,18 @@ class Conversion:
 
 
 def source_kind(path: str) -> str:
-    """'pickle' or 'torch' from the file name; the content is checked when it is read."""
+    """'pickle', 'torch' or 'graph' (a frozen TensorFlow GraphDef of FaceNet), from the
+    file name, or for other names from the first bytes; the content is checked when read."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix in PICKLE_SUFFIXES:
         return "pickle"
     if suffix in TORCH_SUFFIXES:
         return "torch"
+    if suffix in GRAPH_SUFFIXES or convert_facenet.is_graphdef(path):
+        return "graph"
     raise ValueError(f"--source {path!r}: unknown file type {suffix!r}; name the VGGFace2 "
-                     f"pickle *.pkl and a PyTorch checkpoint *.pth.")
+                     f"pickle *.pkl, a PyTorch checkpoint *.pth and a FaceNet frozen graph "
+                     "*.pb.")
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -358,9 +366,10 @@ def fill(state: Dict[str, np.ndarray], slots, path: str) -> Dict[str, Dict[str, 
 # The whole conversion and its output folder.
 
 
-def convert(source: str, arch: str = "resnet50", keep_fc: bool = False,
+def convert(source: str, arch: Optional[str] = None, keep_fc: bool = False,
             normalization: Optional[str] = None) -> Conversion:
-    """Read ``source`` (VGGFace2 ``.pkl`` or Barlow Twins ``.pth``) and convert it for ``arch``.
+    """Read ``source`` (VGGFace2 ``.pkl``, Barlow Twins ``.pth`` or FaceNet ``.pb``) and
+    convert it for ``arch`` (default: the architecture of that kind of source).
 
     ``keep_fc`` keeps the classifier as ``params['backbone']['fc']`` for a model built with
     ``num_classes``; by default it is dropped (and named in the manifest).
@@ -368,6 +377,12 @@ def convert(source: str, arch: str = "resnet50", keep_fc: bool = False,
     if not os.path.isfile(source):
         raise FileNotFoundError(f"--source {source!r}: no such file.")
     kind = source_kind(source)
+    arch = arch or DEFAULT_ARCH[kind]
+    if kind == "graph":
+        return _convert_graph(source, arch, keep_fc, normalization)
+    if arch in convert_facenet.FACENET_ARCHS:
+        raise ValueError(f"--arch={arch} converts from a FaceNet frozen graph (*.pb); "
+                         f"{source} is a {kind} file of a ResNet.")
     state = read_vggface2_pickle(source) if kind == "pickle" else read_torch_checkpoint(source)
     # A .pth of the backbone alone (torch.save of the ResNet) is laid out like the release.
     barlow = kind == "torch" and any(k.startswith("backbone.") for k in state)
@@ -387,8 +402,28 @@ def convert(source: str, arch: str = "resnet50", keep_fc: bool = False,
                                            normalization, slots, dropped, ignored))
 
 
-def _normalization(name: Optional[str], barlow: bool) -> str:
-    name = name or DEFAULT_NORMALIZATION["barlow" if barlow else "release"]
+def _convert_graph(source: str, arch: str, keep_fc: bool,
+                   normalization: Optional[str]) -> Conversion:
+    if keep_fc:
+        raise ValueError(f"--keep_fc: {source} is a FaceNet graph, which has no classifier.")
+    variables, details = convert_facenet.convert_graph(source, arch)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, a: _checked_float32(a, jax.tree_util.keystr(p), source), variables)
+    normalization = _normalization(normalization, kind="graph")
+    leaves = jax.tree_util.tree_leaves(variables["params"])
+    manifest = _manifest_base(source, "FaceNet frozen graph (.pb)", arch, normalization)
+    manifest["architecture"]["embedding_size"] = details.pop("embedding_size")
+    manifest["converted"] = {
+        "parts": ["backbone"], "params": sum(int(a.size) for a in leaves),
+        "arrays": {c: len(jax.tree_util.tree_leaves(variables[c]))
+                   for c in ("params", "batch_stats")}}
+    manifest["graph"] = details
+    manifest["dropped"] = []
+    return Conversion(variables, manifest)
+
+
+def _normalization(name: Optional[str], barlow: bool = False, kind: str = "") -> str:
+    name = name or DEFAULT_NORMALIZATION[kind or ("barlow" if barlow else "release")]
     if name not in NORMALIZATIONS:
         raise ValueError(f"--normalization={name!r} is unknown; use one of "
                          f"{sorted(NORMALIZATIONS)}.")
@@ -403,28 +438,32 @@ def _num_classes(state: Dict[str, np.ndarray], prefix: str, path: str) -> int:
     return int(weight.shape[0])
 
 
+def _manifest_base(source, source_format, arch, normalization) -> Dict[str, Any]:
+    return {
+        "source": {"file": os.path.basename(source), "sha256": file_sha256(source),
+                   "bytes": os.path.getsize(source), "format": source_format},
+        "architecture": {"arch": arch},
+        "normalization": normalization,
+        "bt_jax_version": bt_jax.__version__,
+    }
+
+
 def _manifest(source, source_format, arch, num_classes, projector, normalization, slots, dropped,
               ignored) -> Dict[str, Any]:
     parts = sorted({slot.path[0] for slot in slots})
-    return {
-        "source": {"file": os.path.basename(source), "sha256": file_sha256(source),
-                   "bytes": os.path.getsize(source),
-                   "format": source_format},
-        "architecture": {
-            "arch": arch, "num_classes": num_classes,
-            # The value for config.model.projector, and the backbone feature length it needs.
-            "projector": "-".join(map(str, projector[1:])) if projector else None,
-            "projector_in_features": projector[0] if projector else None},
-        "normalization": normalization,
-        "converted": {
-            "parts": parts,
-            "params": sum(int(np.prod(s.shape)) for s in slots if s.collection == "params"),
-            "arrays": {c: sum(s.collection == c for s in slots)
-                       for c in ("params", "batch_stats")}},
-        "dropped": dropped,
-        "ignored_num_batches_tracked": ignored,
-        "bt_jax_version": bt_jax.__version__,
-    }
+    manifest = _manifest_base(source, source_format, arch, normalization)
+    manifest["architecture"].update({
+        "num_classes": num_classes,
+        # The value for config.model.projector, and the backbone feature length it needs.
+        "projector": "-".join(map(str, projector[1:])) if projector else None,
+        "projector_in_features": projector[0] if projector else None})
+    manifest["converted"] = {
+        "parts": parts,
+        "params": sum(int(np.prod(s.shape)) for s in slots if s.collection == "params"),
+        "arrays": {c: sum(s.collection == c for s in slots) for c in ("params", "batch_stats")}}
+    manifest["dropped"] = dropped
+    manifest["ignored_num_batches_tracked"] = ignored
+    return manifest
 
 
 def _refuse_existing(out: str, overwrite: bool) -> None:
@@ -468,7 +507,7 @@ def save(conversion: Conversion, out: str, overwrite: bool = False) -> str:
     return out
 
 
-def convert_file(source: str, out: str, arch: str = "resnet50", keep_fc: bool = False,
+def convert_file(source: str, out: str, arch: Optional[str] = None, keep_fc: bool = False,
                  overwrite: bool = False, normalization: Optional[str] = None) -> Dict[str, Any]:
     """Convert ``source`` into the folder ``out``; returns the manifest."""
     _refuse_existing(os.path.abspath(out), overwrite)  # fail before the slow part

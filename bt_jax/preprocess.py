@@ -13,6 +13,8 @@ NORMALIZATIONS = {
     # The earlier work's MLFW statistics: RGB / 255, then mean/std.
     "mlfw": dict(bgr=False, scale=1.0 / 255.0, mean=(0.5360, 0.4703, 0.4324),
                  std=(0.2720, 0.2469, 0.2537)),
+    # FaceNet (davidsandberg/facenet's fixed_image_standardization): RGB, (x - 127.5) / 128.
+    "facenet": dict(bgr=False, scale=1.0, mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0)),
 }
 
 

@@ -26,7 +26,7 @@ from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducer
 from bt_jax.checkpointing import Checkpointer
 from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
-from bt_jax.models import ARCHS, BarlowTwins, Projector, parse_projector_sizes
+from bt_jax.models import ARCHS, BarlowTwins, Projector, create_backbone, parse_projector_sizes
 from bt_jax.parallel import AXIS
 from bt_jax.pretrained import load_pretrained
 from bt_jax.train_state import TrainState
@@ -41,7 +41,7 @@ def create_model(config, axis_name=None) -> BarlowTwins:
         raise ValueError(f"config.model.arch={m.arch!r} / dtype={m.dtype!r}: arch must be one "
                          f"of {sorted(ARCHS)} and dtype one of {sorted(DTYPES)}.")
     dtype = DTYPES[m.dtype]
-    backbone = ARCHS[m.arch](pool_window=m.pool_window, dtype=dtype, axis_name=axis_name)
+    backbone = create_backbone(m.arch, m.pool_window, dtype=dtype, axis_name=axis_name)
     projector = Projector(parse_projector_sizes(m.projector), dtype=dtype, axis_name=axis_name)
     return BarlowTwins(backbone, projector)
 
