@@ -74,10 +74,12 @@ def _assignment(config) -> protocols.Assignment:
         return protocols.given(_records(_GALLERY.value), _records(_PROBES.value))
     if _GALLERY.value or _PROBES.value:
         raise ValueError("--gallery_dir/--probe_dir belong to --protocol=given; with "
-                         "--protocol=split pass one --data_dir.")
+                         f"--protocol={_PROTOCOL.value} pass one --data_dir.")
     if not _DATA.value:
-        raise ValueError("--protocol=split needs --data_dir, a folder of "
+        raise ValueError(f"--protocol={_PROTOCOL.value} needs --data_dir, a folder of "
                          "<identity>/<Name>_SSSS_VVVV.jpg images.")
+    if _PROTOCOL.value == "first_file":
+        return protocols.first_file(_records(_DATA.value))
     return protocols.split(_records(_DATA.value), seed=config.eval.seed,
                            gallery_per_identity=_PER_ID.value)
 

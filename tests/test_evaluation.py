@@ -361,3 +361,16 @@ def test_real_mlfw_split_leaks_and_raw_pixels_only_match_the_leaked_probes():
     views = s.summary["views"]
     assert views["leaked"]["probes"] > 0 and views["source_disjoint"]["probes"] > 0
     assert views["leaked"]["accuracy"] > 0.5 > views["source_disjoint"]["accuracy"]
+
+
+def test_first_file_protocol_takes_each_identitys_first_file(folder):
+    records = scan_folder(folder)
+    a = protocols.first_file(records)
+    assert [r.path.rsplit("/", 1)[1] for r in a.gallery[:2]] == [
+        f"{r.identity}_0001_0000.jpg" for r in a.gallery[:2]]
+    assert len(a.gallery) == 20 and len(a.probes) == len(records) - 20
+    table = FeatureTable([r.path for r in records],
+                         np.random.default_rng(0).normal(size=(len(records), 4)))
+    s = Identification(a).evaluate(table).summary
+    # The first file's two other variants leak; the second photo's three are disjoint.
+    assert s["views"]["leaked"]["probes"] == 40 and s["views"]["source_disjoint"]["probes"] == 60

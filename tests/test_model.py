@@ -1,5 +1,8 @@
 """Model topology, shapes and cross-device BatchNorm."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +126,56 @@ def test_batchnorm_statistics_span_all_devices():
     got_stats = jax.tree.map(lambda a: a[0], state["batch_stats"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  got_stats, ref_state["batch_stats"])
+
+
+# ------------------------------------------------------------ FaceNet Inception-ResNet-v1
+
+
+def test_inception_resnet_v1_shapes_names_and_size():
+    from bt_jax.models import inception_resnet_v1, tiny_inception_resnet
+
+    variables, shape = _shapes(inception_resnet_v1(), 160)
+    assert shape == (2, 512)
+    params = variables["params"]
+    # The graph's 23,469,414 constants less 49 structural ones, plus a BatchNorm scale per
+    # channel of the 111 branch convolutions (FaceNet trained without one).
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    assert n_params == 23_482_624
+    assert {k for k in params if k.startswith("block")} == (
+        {f"block35_{i}" for i in range(1, 6)} | {f"block17_{i}" for i in range(1, 11)}
+        | {f"block8_{i}" for i in range(1, 6)})
+    branch = params["block17_3"]["Branch_1"]["Conv2d_0b_1x7"]
+    assert branch["conv"]["kernel"].shape == (1, 7, 128, 128) and "bias" not in branch["conv"]
+    assert params["block17_3"]["Conv2d_1x1"]["bias"].shape == (896,)  # up-projection bias
+    assert params["Bottleneck"]["dense"]["kernel"].shape == (1792, 512)
+    assert "Branch_2" not in params["Mixed_6a"]  # the max-pool branch has no weights
+    _, pooled = _shapes(inception_resnet_v1(output="pooled"), 160)
+    assert pooled == (2, 1792)
+    _, tiny = _shapes(tiny_inception_resnet(), 75)  # the smallest input it accepts
+    assert tiny == (2, 32)
+    with pytest.raises(ValueError, match="at least 7x7, from 75x75"):
+        _shapes(tiny_inception_resnet(), 74)
+
+
+def test_inception_residual_scale_and_last_block_without_relu():
+    """Zeroing every up-projection leaves each block the identity (+ReLU), except that
+    the final Block8 can pass negative values, which a ReLU would remove."""
+    from bt_jax.models.inception_resnet import ResidualBlock
+
+    conv = functools.partial(nn.Conv, use_bias=False)
+    norm = functools.partial(nn.BatchNorm, use_running_average=True)
+    branches = ((("Conv2d_1x1", 4, (1, 1), 1, "SAME"),),)
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 6))
+    for activate in (True, False):
+        block = ResidualBlock(branches, 0.17, activate, conv, norm)
+        v = block.init(jax.random.key(1), x)
+        up = v["params"]["Conv2d_1x1"]
+        zero = jax.tree.map(jnp.zeros_like, up)
+        out = block.apply({**v, "params": {**v["params"], "Conv2d_1x1": zero}}, x)
+        np.testing.assert_allclose(out, jax.nn.relu(x) if activate else x)
+        # scale multiplies the up-projection: bias b gives x + 0.17 * b
+        bias = {**zero, "bias": jnp.ones(6)}
+        out = block.apply({**v, "params": {**v["params"], "Conv2d_1x1": bias}}, x)
+        expected = x + 0.17
+        np.testing.assert_allclose(out, jax.nn.relu(expected) if activate else expected,
+                                   rtol=1e-6)

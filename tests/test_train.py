@@ -106,3 +106,22 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
 def _tx_and_reducer(config):
     tx, _ = train.make_optimizer(config, 4)
     return tx, reducers.make_reducer(config)
+
+
+def test_inception_backbone_trains_under_pmap(tiny, tmp_path):
+    """FaceNet's architecture (tiny variant) through the same step: finite loss, replicas
+    equal, BatchNorm statistics updated from the batch."""
+    tiny.model.arch = "tiny_inception"
+    tiny.data.image_size = 80
+    tiny.data.normalization = "facenet"
+    data, _, _, steps, state = _setup(tiny, tmp_path)
+    before = state.batch_stats
+    state = train.state_to_devices(state, parallel.device_mesh(8))
+    v1, v2 = next(data.train.batches(0, 16))
+    state, metrics = steps.train(state, train.shard_views(v1, v2, 8))
+    assert np.isfinite(np.asarray(metrics["loss"])).all()
+    after = parallel.unreplicate(state.batch_stats)
+    stem = after["backbone"]["Conv2d_1a_3x3"]["BatchNorm"]["mean"]
+    assert not np.allclose(stem, before["backbone"]["Conv2d_1a_3x3"]["BatchNorm"]["mean"])
+    assert np.allclose(np.asarray(state.params["backbone"]["Block8"]["Conv2d_1x1"]["bias"]),
+                       np.asarray(state.params["backbone"]["Block8"]["Conv2d_1x1"]["bias"])[0])

@@ -3,6 +3,8 @@
 * ``given``: a gallery folder and a probe folder, as the earlier work's train_knn/test_knn;
 * ``split``: one folder split per identity, seeded: ``gallery_per_identity`` random images
   of each identity form the gallery, the rest are probes;
+* ``first_file``: the first file (sorted by name) of each identity is the gallery, the
+  rest are probes (the FaceNet pilot's protocol; its other variants of that photo leak);
 * ``first_source`` (the end-of-training check): the first source photo of each identity
   is the gallery, the others are probes, so no probe shares a source photo with it.
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from bt_jax.data.folder import ImageRecord
 
-PROTOCOLS = ("split", "given")
+PROTOCOLS = ("split", "given", "first_file")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,17 @@ def split(records: Sequence[ImageRecord], *, seed: int,
         probes += [images[i] for i in sorted(order[gallery_per_identity:])]
         gallery_only += len(images) <= gallery_per_identity
     return Assignment("split", gallery, probes, {"gallery_only_identities": gallery_only})
+
+
+def first_file(records: Sequence[ImageRecord]) -> Assignment:
+    """Per identity, the first file by name is the gallery, every other file a probe."""
+    gallery, probes, gallery_only = [], [], 0
+    for images in _by_identity(records).values():
+        images = sorted(images, key=lambda r: r.path)
+        gallery.append(images[0])
+        probes += images[1:]
+        gallery_only += len(images) == 1
+    return Assignment("first_file", gallery, probes, {"gallery_only_identities": gallery_only})
 
 
 def first_source(records: Sequence[ImageRecord]) -> Assignment:
