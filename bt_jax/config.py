@@ -40,6 +40,12 @@ def base_config() -> config_dict.ConfigDict:
     config.data.manual_dir = ""
     config.data.tfds_dir = ""  # prepared ArrayRecord files; '' = <workdir>/tfds
     config.data.exclude_file = ""  # from scripts/clean_data.py; '' excludes nothing
+    # Tuning: hold out this fraction of the train identities (fixed by config.seed) and
+    # use them, not eval_dir/val_dir, for the 1-NN checks during and after training.
+    config.data.holdout_fraction = 0.0
+    # Cached activations of a frozen trunk (config.model.freeze_until); '' = the bt_jax
+    # cache ($BT_JAX_CACHE or ~/.cache/bt_jax).
+    config.data.trunk_cache_dir = ""
     config.data.loader = "stream"  # 'stream' (grain decode workers) or 'preload' (all in RAM)
     config.data.workers = 0  # decode threads; 0 = 2 per core, at most 16
     config.data.prefetch = 2  # batches decoded (and put on the devices) ahead of the step
@@ -68,11 +74,26 @@ def base_config() -> config_dict.ConfigDict:
     config.model.pool_window = 7
     config.model.projector = "2048-4096-8192"
     config.model.dtype = "float32"  # compute dtype; params and loss stay float32
+    # Inception-ResNet only. Freeze every layer up to and including this one (e.g.
+    # 'Mixed_7a'): its activations are computed once per image and cached (bt_jax/trunk.py),
+    # and only the layers after it train. '' trains the whole backbone.
+    config.model.freeze_until = ""
+    # BatchNorm of the backbone layers that train: 'train' (batch statistics), 'inference'
+    # (running statistics throughout: a fixed affine map), or 'recalibrate' (batch
+    # statistics, after setting the running ones from training data at step 0 so that a
+    # folded BN starts where the pretrained network was; bt_jax/trunk.py).
+    config.model.bn_mode = "train"
+    # Inception-ResNet only: the backbone's output, 'bottleneck' (512-d) or 'pooled' (1792-d).
+    config.model.output = "bottleneck"
 
     config.loss = config_dict.ConfigDict()
     config.loss.lambd = 0.0051
 
     config.optim = config_dict.ConfigDict()
+    # 'lars' (the reference: lr_weights / lr_biases x batch/256) or 'adamw' (config.optim.lr;
+    # weight decay on weights only), both with warm-up + cosine.
+    config.optim.name = "lars"
+    config.optim.lr = 1e-3  # AdamW's peak learning rate
     config.optim.batch_size = 512  # global, over all devices
     config.optim.lr_weights = 0.2
     config.optim.lr_biases = 0.0048
@@ -126,4 +147,14 @@ def mild_face_augment(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     config.augment.brightness = 0.2
     config.augment.contrast = 0.2
     config.augment.grayscale_prob = 0.1
+    return config
+
+
+def facenet_model(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """FaceNet's Inception-ResNet-v1 from the converted CASIA-WebFace graph, with its input:
+    160 px (MLFW's 112 px crops resized on loading), RGB, (x - 127.5) / 128."""
+    config.data.image_size = 160
+    config.data.normalization = "facenet"
+    config.model.arch = "inception_resnet_v1"
+    config.init = "converted_weights/facenet_casia"
     return config

@@ -178,6 +178,38 @@ def lars(
     return optax.multi_transform(transforms, labels)
 
 
+def _adamw_branch(schedule, lr: float, *, is_weight: bool, weight_decay: float):
+    steps = [optax.scale_by_adam()]
+    if is_weight:  # decoupled decay, on weights only (not biases or BatchNorm)
+        steps.append(optax.add_decayed_weights(weight_decay))
+    steps.append(optax.scale_by_schedule(lambda count: -lr * schedule(count)))
+    return optax.chain(*steps)
+
+
+def adamw(schedule: optax.Schedule, *, lr: float = 1e-3, weight_decay: float = 1e-4,
+          backbone_lr_scale: float | None = None,
+          backbone_key: str = "backbone") -> optax.GradientTransformation:
+    """AdamW with rate ``lr * schedule(step)``, the same parameter groups as :func:`lars`:
+    decay on weights (``ndim != 1``) only, and the backbone's rate scaled by
+    ``backbone_lr_scale`` (``0.0`` freezes it)."""
+    if backbone_lr_scale is not None and backbone_lr_scale < 0:
+        raise ValueError(f"backbone_lr_scale must be >= 0, got {backbone_lr_scale}")
+    transforms = {WEIGHTS: _adamw_branch(schedule, lr, is_weight=True, weight_decay=weight_decay),
+                  BIASES: _adamw_branch(schedule, lr, is_weight=False, weight_decay=weight_decay)}
+    separate = backbone_lr_scale is not None
+    if separate:
+        for group, is_weight in ((WEIGHTS, True), (BIASES, False)):
+            transforms[BACKBONE_PREFIX + group] = (
+                optax.set_to_zero() if backbone_lr_scale == 0.0 else _adamw_branch(
+                    schedule, lr * backbone_lr_scale, is_weight=is_weight,
+                    weight_decay=weight_decay))
+
+    def labels(params):
+        return param_group_labels(params, backbone_key=backbone_key, separate_backbone=separate)
+
+    return optax.multi_transform(transforms, labels)
+
+
 def group_learning_rates(schedule, step, *, lr_weights=0.2, lr_biases=0.0048) -> dict:
     """The two group learning rates at ``step``, for logging.
 

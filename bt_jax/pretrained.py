@@ -40,19 +40,38 @@ def _check_shapes(name: str, loaded, target) -> None:
                              f"expects {np.shape(leaf)}.")
 
 
-def load_pretrained(path: str, params: Any, batch_stats: Any) -> Tuple[Any, Any]:
-    """Replace the parts of ``params``/``batch_stats`` found in the converted folder."""
+def read_converted(path: str) -> Any:
+    """The converted folder's variables ``{'params': {part: ...}, 'batch_stats': ...}``."""
     variables_dir = os.path.abspath(os.path.join(path, "variables"))
     if not os.path.isdir(variables_dir):
         raise FileNotFoundError(f"config.init={path!r}: no converted weights at "
                                 f"{variables_dir}.\n{HOW_TO_FIX}")
-    loaded = ocp.StandardCheckpointer().restore(variables_dir)
+    return ocp.StandardCheckpointer().restore(variables_dir)
+
+
+def _layers_of(tree, target):
+    """``tree`` restricted to the top-level layers ``target`` has (a frozen trunk's head)."""
+    return {name: value for name, value in tree.items() if name in target}
+
+
+def load_pretrained(path: str, params: Any, batch_stats: Any,
+                    head_only: bool = False) -> Tuple[Any, Any]:
+    """Replace the parts of ``params``/``batch_stats`` found in the converted folder.
+
+    ``head_only``: the model is the head of a split backbone (config.model.freeze_until),
+    so the converted backbone's other layers (the frozen trunk) are left out here.
+    """
+    loaded = read_converted(path)
     params, batch_stats = dict(params), dict(batch_stats)
     for part in loaded["params"]:
         if part not in params:
             raise ValueError(f"converted weights hold {part!r}, the model has {sorted(params)}.")
-        _check_shapes(f"params[{part!r}]", loaded["params"][part], params[part])
-        _check_shapes(f"batch_stats[{part!r}]", loaded["batch_stats"][part], batch_stats[part])
-        params[part] = jax.tree.map(np.asarray, loaded["params"][part])
-        batch_stats[part] = jax.tree.map(np.asarray, loaded["batch_stats"][part])
+        new_params, new_stats = loaded["params"][part], loaded["batch_stats"][part]
+        if head_only and part == "backbone":
+            new_params = _layers_of(new_params, params[part])
+            new_stats = _layers_of(new_stats, batch_stats[part])
+        _check_shapes(f"params[{part!r}]", new_params, params[part])
+        _check_shapes(f"batch_stats[{part!r}]", new_stats, batch_stats[part])
+        params[part] = jax.tree.map(np.asarray, new_params)
+        batch_stats[part] = jax.tree.map(np.asarray, new_stats)
     return params, batch_stats

@@ -22,11 +22,13 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducers
+from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducers, trunk
 from bt_jax.checkpointing import Checkpointer
 from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
 from bt_jax.models import ARCHS, BarlowTwins, Projector, create_backbone, parse_projector_sizes
+from bt_jax.models import inception_resnet
+from bt_jax.models.resnet import BN_EPSILON
 from bt_jax.parallel import AXIS
 from bt_jax.pretrained import load_pretrained
 from bt_jax.train_state import TrainState
@@ -41,7 +43,8 @@ def create_model(config, axis_name=None) -> BarlowTwins:
         raise ValueError(f"config.model.arch={m.arch!r} / dtype={m.dtype!r}: arch must be one "
                          f"of {sorted(ARCHS)} and dtype one of {sorted(DTYPES)}.")
     dtype = DTYPES[m.dtype]
-    backbone = create_backbone(m.arch, m.pool_window, dtype=dtype, axis_name=axis_name)
+    backbone = create_backbone(m.arch, m.pool_window, dtype=dtype, axis_name=axis_name,
+                               **trunk.head_settings(config))
     projector = Projector(parse_projector_sizes(m.projector), dtype=dtype, axis_name=axis_name)
     return BarlowTwins(backbone, projector)
 
@@ -50,7 +53,16 @@ def create_model(config, axis_name=None) -> BarlowTwins:
 # Per-device steps: pure functions of their arguments, collectives only over AXIS.
 
 
+def network_input(images, config):
+    """What the network takes: normalised images, or a frozen trunk's cached activations."""
+    if trunk.is_frozen(config):
+        return images.astype(jnp.float32)
+    return preprocess.normalize(images, config.data.normalization)
+
+
 def _views(state, views, config):
+    if trunk.is_frozen(config):  # image augmentation belongs to the trunk's input
+        return network_input(views[0], config), network_input(views[1], config)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
     k1, k2 = jax.random.split(rng)
     norm = config.data.normalization
@@ -90,9 +102,8 @@ def apply_gradients(state: TrainState, loss, grads, batch_stats, *, tx, reducer)
 def eval_step(state: TrainState, views, mask, *, model, config):
     """Validation loss on a padded slice: BN in inference mode, padding masked out."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    norm = config.data.normalization
-    z1, z2 = model.apply(variables, preprocess.normalize(views[0], norm),
-                         preprocess.normalize(views[1], norm), train=False)
+    z1, z2 = model.apply(variables, network_input(views[0], config),
+                         network_input(views[1], config), train=False)
     loss = barlow_twins_loss(z1, z2, lambd=config.loss.lambd, axis_name=AXIS, mask=mask)
     return loss, jax.lax.psum(jnp.sum(mask), AXIS)
 
@@ -100,7 +111,7 @@ def eval_step(state: TrainState, views, mask, *, model, config):
 def embed_step(state: TrainState, images, *, model, config):
     """Backbone features or projector embeddings of a slice of uint8 images."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    x = preprocess.normalize(images, config.data.normalization)
+    x = network_input(images, config)
     method = BarlowTwins.embed if config.eval.embedding == "projector" else BarlowTwins.features
     return model.apply(variables, x, train=False, method=method).astype(jnp.float32)
 
@@ -127,33 +138,66 @@ def compile_steps(config, tx, reducer) -> Steps:
 
 
 def make_optimizer(config, steps_per_epoch: int):
-    """Reference LARS with the warm-up/cosine schedule scaled by global_batch / 256."""
+    """LARS (the reference, rates scaled by global_batch / 256) or AdamW (config.optim.lr),
+    with the warm-up/cosine schedule."""
     o = config.optim
+    if o.name not in ("lars", "adamw"):
+        raise ValueError(f"config.optim.name={o.name!r} is unknown; use 'lars' or 'adamw'.")
     schedule = optim.warmup_cosine_schedule(
-        base_lr=o.batch_size / 256, warmup_steps=o.warmup_epochs * steps_per_epoch,
+        base_lr=o.batch_size / 256 if o.name == "lars" else 1.0,
+        warmup_steps=o.warmup_epochs * steps_per_epoch,
         total_steps=config.train.epochs * steps_per_epoch, end_factor=o.end_factor)
+    if o.name == "adamw":
+        return optim.adamw(schedule, lr=o.lr, weight_decay=o.weight_decay,
+                           backbone_lr_scale=o.backbone_lr_scale), schedule
     tx = optim.lars(schedule, lr_weights=o.lr_weights, lr_biases=o.lr_biases,
                     weight_decay=o.weight_decay, eta=o.eta, momentum=o.momentum,
                     backbone_lr_scale=o.backbone_lr_scale)
     return tx, schedule
 
 
+def group_rates(config):
+    """(weights, biases) rates that the schedule multiplies, for the log."""
+    o = config.optim
+    return (o.lr, o.lr) if o.name == "adamw" else (o.lr_weights, o.lr_biases)
+
+
 def initial_state(config, tx, reducer) -> TrainState:
     """A fresh host-side TrainState, from converted weights unless init is 'scratch'."""
     rng = jax.random.PRNGKey(config.seed)
-    size = config.data.image_size
-    dummy = np.zeros((2, size, size, 3), np.float32)
+    dummy = np.zeros((2,) + trunk.input_shape(config), np.float32)
     variables = jax.jit(functools.partial(create_model(config).init, train=False))(
         jax.random.fold_in(rng, 1), dummy, dummy)
     params, batch_stats = variables["params"], variables["batch_stats"]
     if config.init != "scratch":
-        params, batch_stats = load_pretrained(config.init, params, batch_stats)
+        params, batch_stats = load_pretrained(config.init, params, batch_stats,
+                                              head_only=trunk.is_frozen(config))
     params = jax.tree.map(np.asarray, params)
     return TrainState(step=np.zeros((), np.int32), params=params,
                       batch_stats=jax.tree.map(np.asarray, batch_stats),
                       opt_state=jax.tree.map(np.asarray, tx.init(params)),
                       reducer_state=_per_device(reducer.init(params), config.num_devices),
                       rng=np.asarray(jax.random.fold_in(rng, 2)))
+
+
+# Inputs that set the running statistics of config.model.bn_mode='recalibrate'.
+RECALIBRATION_INPUTS = 1024
+
+
+def recalibrated(config, state: TrainState, data: Data) -> TrainState:
+    """``state`` with the backbone's BatchNorm recalibrated on training inputs (a fixed
+    seeded sample, so a resumed run recomputes the same values)."""
+    inputs = getattr(data.train, "images", None)
+    if inputs is None:
+        raise ValueError("config.model.bn_mode='recalibrate' needs the training inputs in "
+                         "memory: set config.data.loader='preload' or freeze a trunk.")
+    rng = np.random.default_rng(config.seed)
+    pick = np.sort(rng.permutation(len(inputs))[:RECALIBRATION_INPUTS])
+    x = network_input(jnp.asarray(inputs[pick]), config)
+    eps = inception_resnet.BN_EPSILON if config.model.arch in trunk.INCEPTION_ARCHS else BN_EPSILON
+    params, batch_stats = trunk.recalibrate_batchnorm(create_model(config), state.params,
+                                                      state.batch_stats, x, eps)
+    return state.replace(params=params, batch_stats=batch_stats)
 
 
 def _per_device(tree, num_devices: int):
@@ -185,29 +229,67 @@ def check_config(config) -> None:
     if config.eval.batch_size % n:
         raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple "
                          f"of config.num_devices={n}.")
+    if config.model.bn_mode not in ("train", "inference", "recalibrate"):
+        raise ValueError(f"config.model.bn_mode={config.model.bn_mode!r} is unknown; use "
+                         "'train', 'inference' or 'recalibrate'.")
     if config.train.epochs < 1:
         raise ValueError(f"config.train.epochs={config.train.epochs} must be at least 1.")
     preprocess.check_normalization(config.data.normalization)
+    trunk.check_split(config)
 
 
 class Data(NamedTuple):
     train: Any  # PairDataset or StreamingPairs (config.data.loader): steps_per_epoch(), batches()
     val: folder.PairDataset
-    eval_images: np.ndarray
+    eval_images: np.ndarray  # uint8 images (the raw-pixel baseline's input)
     eval_records: list
+    eval_inputs: np.ndarray  # what the network takes: eval_images or trunk activations
 
 
 def load_data(config, workdir: str) -> Data:
     """Pairs and images of ``config.data.source``; val and eval are preloaded because they
-    are small and read every epoch, train follows ``config.data.loader``."""
+    are small and read every epoch, train follows ``config.data.loader``. With
+    config.data.holdout_fraction the eval identities are a held-out slice of train instead
+    of eval_dir/val_dir. With a frozen trunk every split becomes its cached activations."""
     size, progress = config.data.image_size, config.train.progress
     split = functools.partial(sources.open_split, config, workdir=workdir)
-    train_source, val_source, eval_source = split("train"), split("val"), split("eval")
+    train_source, val_source = split("train"), split("val")
+    holdout = config.data.holdout_fraction
+    eval_source = None if holdout else split("eval")
     val = sources.preload(val_source, size, progress=progress)
+    if trunk.is_frozen(config):
+        same = eval_source is not None and eval_source.name == val_source.name
+        return _frozen_data(config, train_source, val, None if same else eval_source)
+    if holdout:
+        train_source, eval_source = sources.hold_out(train_source, holdout, config.seed)
     evals = (val if eval_source.name == val_source.name
              else sources.preload(eval_source, size, progress=progress))
     pairs = folder.PairDataset(*val, seed=config.seed, pairs_per_identity=config.data.pair_sampler)
-    return Data(sources.train_pairs(config, train_source), pairs, evals[1], evals[0])
+    return Data(sources.train_pairs(config, train_source), pairs, evals[1], evals[0], evals[1])
+
+
+def _frozen_data(config, train_source, val, eval_source) -> Data:
+    """Data whose network inputs are the frozen trunk's cached activations. The cache is
+    per whole split, so a held-out slice of train reuses the train cache. ``eval_source``
+    None: the eval identities are val's (or, with a hold-out, train's)."""
+    size, progress, sampler = config.data.image_size, config.train.progress, config.data.pair_sampler
+    frozen = trunk.Trunk(config, progress=progress)
+    records, images = sources.preload(train_source, size, progress=progress)
+    acts = frozen.activations(images, "train")[0]
+    val_acts = frozen.activations(val[1], "val")[0]
+    if config.data.holdout_fraction:
+        keep, held = sources.holdout_indices(records, config.data.holdout_fraction, config.seed)
+        evals = (sources.relabel([records[i] for i in held]), images[held], acts[held])
+        records, acts = sources.relabel([records[i] for i in keep]), acts[keep]
+    elif eval_source is None:
+        evals = (val[0], val[1], val_acts)
+    else:
+        eval_records, eval_images = sources.preload(eval_source, size, progress=progress)
+        evals = (eval_records, eval_images, frozen.activations(eval_images, "eval")[0])
+    del images
+    train = folder.PairDataset(records, acts, seed=config.seed, pairs_per_identity=sampler)
+    pairs = folder.PairDataset(val[0], val_acts, seed=config.seed, pairs_per_identity=sampler)
+    return Data(train, pairs, evals[1], evals[0], evals[2])
 
 
 def _padded_batches(arrays, batch_size: int):
@@ -349,8 +431,9 @@ class StepLog:
 
     def _record(self, epoch, host) -> Dict[str, Any]:
         o, step = self.config.optim, self.first + len(host)
-        rates = optim.group_learning_rates(self.schedule, step - 1, lr_weights=o.lr_weights,
-                                           lr_biases=o.lr_biases)
+        lr_weights, lr_biases = group_rates(self.config)
+        rates = optim.group_learning_rates(self.schedule, step - 1, lr_weights=lr_weights,
+                                           lr_biases=lr_biases)
         elapsed = max(time.time() - self.tick, 1e-9)
         return {"epoch": epoch, "step": step, **rates,
                 "loss": float(np.mean([h["loss"] for h in host])),
@@ -432,7 +515,7 @@ def _end_epoch(config, state, steps, data, ckpt, log, epoch, step) -> None:
 
 def _identification(config, steps, state, data) -> Dict[str, float]:
     embed = functools.partial(compute_embeddings, steps, state, config=config)
-    return evaluation.identification_report(embed, data.eval_images, data.eval_records,
+    return evaluation.identification_report(embed, data.eval_inputs, data.eval_records,
                                             config.eval.metric)
 
 
@@ -464,6 +547,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     reducer = reducers.make_reducer(config)
     steps = compile_steps(config, tx, reducer)
     fresh = initial_state(config, tx, reducer)
+    if config.model.bn_mode == "recalibrate":
+        fresh = recalibrated(config, fresh, data)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(fresh)

@@ -12,17 +12,13 @@ FaceNet did: RGB, (x - 127.5) / 128 (the 'facenet' preset). The evaluation embed
 512-d bottleneck. Zero-shot figures on val: docs/evaluation.md.
 """
 
-from bt_jax.config import base_config, mild_face_augment
+from bt_jax.config import base_config, facenet_model
 
 
 def get_config():
-    config = base_config()
-    config.data.image_size = 160
-    config.data.normalization = "facenet"
+    config = facenet_model(base_config())
     config.data.pair_sampler = "source_aware"
-    config.model.arch = "inception_resnet_v1"
     config.model.projector = "2048-2048"
-    config.init = "converted_weights/facenet_casia"
     config.optim.batch_size = 256
     config.eval.batch_size = 64
-    return mild_face_augment(config)
+    return config

@@ -116,6 +116,39 @@ def finalize(name: str, records, read, *, excluded: set, min_images: int) -> Ima
     return ImageSource(name, final, lambda i: read(order[i]))
 
 
+def holdout_indices(records, fraction: float, seed: int):
+    """(kept, held out) indices into ``records``: ``fraction`` of the identities (at least
+    one, chosen by ``seed``) held out, for tuning on train data without touching val."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"config.data.holdout_fraction={fraction} must be in (0, 1).")
+    identities = sorted({r.identity for r in records})
+    count = max(1, round(fraction * len(identities)))
+    if count >= len(identities):
+        raise ValueError(f"holding out {count} of {len(identities)} identities leaves none to "
+                         "train on; lower config.data.holdout_fraction.")
+    held = set(np.random.default_rng(seed).choice(identities, count, replace=False))
+    flags = np.asarray([r.identity in held for r in records])
+    return np.flatnonzero(~flags), np.flatnonzero(flags)
+
+
+def relabel(records) -> list:
+    """``records`` with labels renumbered densely by sorted identity."""
+    labels = {k: i for i, k in enumerate(sorted({r.identity for r in records}))}
+    return [dataclasses.replace(r, label=labels[r.identity]) for r in records]
+
+
+def hold_out(source: ImageSource, fraction: float, seed: int) -> tuple:
+    """(kept, held out) sources split by :func:`holdout_indices`."""
+    keep, held = holdout_indices(source.records, fraction, seed)
+
+    def subset(name, order):
+        return ImageSource(name, relabel([source.records[i] for i in order]),
+                           lambda i: source.read(order[i]))
+
+    return (subset(source.name, keep),
+            subset(f"{source.name} (held-out {len(held)} images)", held))
+
+
 def _raw_split(config, split: str, workdir: str):
     """(name, records, read) of ``split`` ('train', 'val', 'eval') before finalize()."""
     source = config.data.source

@@ -58,9 +58,14 @@ class NetworkEmbedder:
     """Callable uint8 images (N, S, S, 3) -> float32 features (N, D) under pmap."""
 
     def __init__(self, config, state, *, progress: bool = True):
+        from bt_jax import trunk
+
         train.check_config(config)
         mesh = parallel.device_mesh(config.num_devices)
         self.config, self.progress = config, progress
+        # A frozen trunk keeps config.init's weights: images go through it first (its
+        # activations cached like in training), then through the trained head.
+        self.trunk = trunk.Trunk(config, progress=progress) if trunk.is_frozen(config) else None
         tx, _ = train.make_optimizer(config, steps_per_epoch=1)
         self.steps = train.compile_steps(config, tx, reducers.make_reducer(config))
         # Embedding reads only params and batch_stats: leave the optimizer on the host.
@@ -74,6 +79,8 @@ class NetworkEmbedder:
         if images.shape[1:] != (size, size, 3):
             raise ValueError(f"images of shape {images.shape[1:]} but the model expects "
                              f"({size}, {size}, 3) (config.data.image_size).")
+        if self.trunk is not None:
+            images = self.trunk.activations(images, "evaluation images")[0]
         batch = self.config.eval.batch_size
         # One batch per call: compute_embeddings pads only the last, partial one.
         chunks = [train.compute_embeddings(self.steps, self.state, images[i:i + batch],

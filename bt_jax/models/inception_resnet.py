@@ -128,6 +128,11 @@ class InceptionResNetV1(nn.Module):
 
     ``width_div`` divides every channel count and ``repeats`` sets the blocks per stage:
     (1, 1) and (1, 1, 1) give a tiny variant for tests from the same code.
+
+    ``stop_after`` / ``start_after`` name a layer (see :meth:`layer_names`) to split the
+    network at: the first returns that layer's activations, the second takes them as its
+    input and runs the rest. A frozen trunk and a trainable head are these two halves, and
+    the head's parameters are a sub-tree of the whole network's, under the same names.
     """
 
     repeats: Sequence[int] = (5, 10, 5)
@@ -135,11 +140,42 @@ class InceptionResNetV1(nn.Module):
     embedding_size: int = EMBEDDING_SIZE
     scales: Sequence[float] = (0.17, 0.10, 0.20)
     output: str = "bottleneck"
+    start_after: Optional[str] = None
+    stop_after: Optional[str] = None
+    frozen_bn: bool = False  # BatchNorm uses its running statistics in training too
     dtype: Any = jnp.float32
     axis_name: Optional[str] = None
 
     def _c(self, channels: int) -> int:
         return max(1, channels // self.width_div)
+
+    def _layers(self):
+        """(name, kind, arguments) of every layer in order."""
+        stem = [_layer("Conv2d_1a_3x3", 32, (3, 3), 2), _layer("Conv2d_2a_3x3", 32, (3, 3), 1,
+                                                                "VALID"),
+                _layer("Conv2d_2b_3x3", 64, (3, 3))]
+        tail = [_layer("Conv2d_3b_1x1", 80, (1, 1), 1, "VALID"),
+                _layer("Conv2d_4a_3x3", 192, (3, 3), 1, "VALID"),
+                _layer("Conv2d_4b_3x3", 256, (3, 3), 2)]
+        layers = [(spec[0], "conv", spec) for spec in stem]
+        layers.append(("MaxPool_3a_3x3", "max_pool", None))
+        layers += [(spec[0], "conv", spec) for spec in tail]
+        stages = (("block35", self._block35()), ("block17", self._block17()),
+                  ("block8", self._block8()))
+        reductions = (("Mixed_6a", self._mixed_6a()), ("Mixed_7a", self._mixed_7a()))
+        for stage, ((name, branches), repeats, scale) in enumerate(
+                zip(stages, self.repeats, self.scales)):
+            layers += [(f"{name}_{i + 1}", "block", (branches, scale, True))
+                       for i in range(repeats)]
+            if stage < 2:
+                layers.append((reductions[stage][0], "reduction", reductions[stage][1]))
+        layers.append(("Block8", "block", (self._block8(), 1.0, False)))
+        layers.append(("AvgPool_1a_8x8", "mean_pool", None))
+        layers.append(("Bottleneck", "bottleneck", None))
+        return layers
+
+    def layer_names(self):
+        return [name for name, _, _ in self._layers()]
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -148,38 +184,33 @@ class InceptionResNetV1(nn.Module):
                              "or 'pooled'.")
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+            nn.BatchNorm, use_running_average=not train or self.frozen_bn, momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)
-        x = self._stem(x.astype(self.dtype), conv, norm)
-        x = self._check_size(x)
-        blocks = ((self._block35(), "block35"), (self._block17(), "block17"),
-                  (self._block8(), "block8"))
-        reductions = (self._mixed_6a(), self._mixed_7a())
-        for stage, ((branches, name), repeats, scale) in enumerate(
-                zip(blocks, self.repeats, self.scales)):
-            for i in range(repeats):
-                x = ResidualBlock(branches, scale, True, conv, norm, name=f"{name}_{i + 1}")(x)
-            if stage < 2:
-                x = Reduction(reductions[stage], conv, norm, name=f"Mixed_{6 + stage}a")(x)
-        x = ResidualBlock(self._block8(), 1.0, False, conv, norm, name="Block8")(x)
-        x = jnp.mean(x, axis=(1, 2))  # the graph's AvgPool over the whole final map
-        if self.output == "pooled":
-            return x
-        return DenseBN(self.embedding_size, self.dtype, norm, name="Bottleneck")(x)
-
-    def _stem(self, x, conv, norm):
-        stem = (_layer("Conv2d_1a_3x3", 32, (3, 3), 2), _layer("Conv2d_2a_3x3", 32, (3, 3), 1,
-                                                                "VALID"),
-                _layer("Conv2d_2b_3x3", 64, (3, 3)))
-        for name, channels, kernel, stride, padding in stem:
-            x = ConvBN(self._c(channels), kernel, stride, padding, conv, norm, name=name)(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")  # MaxPool_3a_3x3
-        for name, channels, kernel, stride, padding in (
-                _layer("Conv2d_3b_1x1", 80, (1, 1), 1, "VALID"),
-                _layer("Conv2d_4a_3x3", 192, (3, 3), 1, "VALID"),
-                _layer("Conv2d_4b_3x3", 256, (3, 3), 2)):
-            x = ConvBN(self._c(channels), kernel, stride, padding, conv, norm, name=name)(x)
+        layers = self._layers()
+        names = [name for name, _, _ in layers]
+        first = names.index(self.start_after) + 1 if self.start_after else 0
+        last = names.index("AvgPool_1a_8x8" if self.output == "pooled" else "Bottleneck")
+        if self.stop_after:
+            last = min(last, names.index(self.stop_after))
+        x = x.astype(self.dtype)
+        for name, kind, args in layers[first:last + 1]:
+            x = self._apply_layer(x, name, kind, args, conv, norm)
         return x
+
+    def _apply_layer(self, x, name, kind, args, conv, norm):
+        if kind == "conv":
+            _, channels, kernel, stride, padding = args
+            x = ConvBN(self._c(channels), kernel, stride, padding, conv, norm, name=name)(x)
+            return self._check_size(x) if name == "Conv2d_4b_3x3" else x
+        if kind == "max_pool":
+            return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        if kind == "block":
+            return ResidualBlock(*args, conv, norm, name=name)(x)
+        if kind == "reduction":
+            return Reduction(args, conv, norm, name=name)(x)
+        if kind == "mean_pool":
+            return jnp.mean(x, axis=(1, 2))  # the graph's AvgPool over the whole final map
+        return DenseBN(self.embedding_size, self.dtype, norm, name=name)(x)
 
     def _check_size(self, x):
         # Mixed_6a and Mixed_7a each need a 3x3 window at stride 2.

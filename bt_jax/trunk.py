@@ -1,0 +1,227 @@
+"""Frozen early layers cost nothing twice: their activations, computed once and cached.
+
+With ``config.model.freeze_until`` set (e.g. ``'Mixed_7a'`` for FaceNet), the backbone is
+split at that layer. The *trunk* (everything up to and including it) keeps the weights of
+``config.init`` and runs in inference mode, so its output for an image never changes: it
+is computed once per image and kept in a cache file, and the training state holds only
+the *head* (the layers after it) and the projector. The trunk's activations take the
+place of the images in the one input path (same samplers, train step, reducers,
+checkpoints and evaluation); only the normalisation and image augmentation, which belong
+to the trunk's input, are skipped.
+
+The cache is keyed by everything its content depends on: the trunk's weights, the
+decoded pixels of every image (so the image files, their order, size and resizing), the
+normalisation preset, the architecture and the split layer. Any change gives another
+key, so a stale file is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bt_jax import facenet_weights, preprocess
+from bt_jax.models import InceptionResNetV1, create_backbone
+
+INCEPTION_ARCHS = ("inception_resnet_v1", "tiny_inception")
+
+# Cached activations are stored in float16: half the memory and disk of float32, and well
+# inside the precision a fine-tuned head needs (relative error ~5e-4).
+CACHE_DTYPE = np.float16
+CACHE_VERSION = 1
+
+
+def is_frozen(config) -> bool:
+    return bool(config.model.get("freeze_until"))
+
+
+def check_split(config) -> None:
+    """The split layer must exist in the backbone, and only the Inception-ResNet splits."""
+    if not is_frozen(config):
+        return
+    layer, arch = config.model.freeze_until, config.model.arch
+    backbone = create_backbone(arch, config.model.pool_window)
+    if not isinstance(backbone, InceptionResNetV1):
+        raise ValueError(f"config.model.freeze_until={layer!r}: a frozen trunk is supported for "
+                         "the Inception-ResNet backbones (inception_resnet_v1, tiny_inception), "
+                         f"not config.model.arch={arch!r}.")
+    if layer not in backbone.layer_names():
+        raise ValueError(f"config.model.freeze_until={layer!r} is not a layer of {arch}; use one "
+                         f"of {', '.join(backbone.layer_names()[:-1])}.")
+    if config.init == "scratch":
+        raise ValueError("config.model.freeze_until freezes pretrained layers, but "
+                         "config.init='scratch' has none; convert weights first (docs/convert.md)"
+                         " or clear freeze_until.")
+
+
+def trunk_model(config) -> InceptionResNetV1:
+    return create_backbone(config.model.arch, config.model.pool_window,
+                           stop_after=config.model.freeze_until)
+
+
+def trunk_variables(config) -> Dict[str, Any]:
+    """The trunk's params and batch_stats from the converted weights of ``config.init``."""
+    from bt_jax.pretrained import read_converted
+
+    loaded = read_converted(config.init)
+    model = trunk_model(config)
+    size = config.data.image_size
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                               train=False))
+    out = {}
+    for collection in ("params", "batch_stats"):
+        backbone = loaded[collection]["backbone"]
+        missing = sorted(set(shapes[collection]) - set(backbone))
+        if missing:
+            raise ValueError(f"config.init={config.init!r} lacks the trunk layers {missing}; "
+                             "were the weights converted for config.model.arch?")
+        out[collection] = {name: jax.tree.map(np.asarray, backbone[name])
+                           for name in shapes[collection]}
+    return out
+
+
+def _digest(arrays: Sequence[np.ndarray], extra: Dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for array in arrays:
+        h.update(str((array.shape, array.dtype.str)).encode())
+        h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()[:32]
+
+
+def cache_key(config, variables, images: np.ndarray) -> str:
+    leaves = [np.asarray(x) for x in jax.tree.leaves(variables)]
+    settings = {"version": CACHE_VERSION, "arch": config.model.arch,
+                "freeze_until": config.model.freeze_until,
+                "normalization": config.data.normalization,
+                "weights": _digest(leaves, {})}
+    return _digest([images], settings)
+
+
+class Trunk:
+    """The frozen trunk of ``config``: activations of uint8 images, cached on disk."""
+
+    def __init__(self, config, *, cache_dir: Optional[str] = None, progress: bool = True):
+        check_split(config)
+        self.config, self.progress = config, progress
+        self.model = trunk_model(config)
+        self.variables = trunk_variables(config)
+        root = cache_dir or config.data.get("trunk_cache_dir") or facenet_weights.cache_dir()
+        self.cache_dir = os.path.join(root, "trunk")
+        self._apply = jax.jit(self._forward)
+
+    def _forward(self, variables, images):
+        x = preprocess.normalize(images, self.config.data.normalization)
+        return self.model.apply(variables, x, train=False).astype(CACHE_DTYPE)
+
+    def compute(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Activations of ``images`` (uint8 N x S x S x 3), batch by batch (the last one
+        padded to keep one compiled shape)."""
+        from tqdm.auto import tqdm
+
+        out = []
+        for start in tqdm(range(0, len(images), batch), desc="frozen trunk", unit="batch",
+                          disable=not self.progress):
+            chunk = images[start:start + batch]
+            pad = batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            out.append(np.asarray(self._apply(self.variables, chunk))[:batch - pad])
+        if not out:
+            raise ValueError("no images to run through the frozen trunk.")
+        return np.concatenate(out)
+
+    def activations(self, images: np.ndarray, name: str = "images") -> Tuple[np.ndarray, str]:
+        """(activations, cache file) of ``images``, computed once per key."""
+        key = cache_key(self.config, self.variables, images)
+        path = os.path.join(self.cache_dir, f"{key}.npy")
+        if os.path.isfile(path):
+            cached = np.load(path)
+            if len(cached) == len(images):
+                return cached, path
+        acts = self.compute(images)
+        os.makedirs(self.cache_dir, exist_ok=True)
+        staging = f"{path}.tmp-{os.getpid()}"
+        with open(staging, "wb") as f:
+            np.save(f, acts)
+        os.replace(staging, path)  # atomic: a concurrent reader sees all or nothing
+        with open(os.path.join(self.cache_dir, f"{key}.json"), "w") as f:
+            json.dump({"what": name, "images": len(images), "shape": list(acts.shape),
+                       "arch": self.config.model.arch,
+                       "freeze_until": self.config.model.freeze_until,
+                       "init": self.config.init}, f, indent=2)
+        return acts, path
+
+
+def head_settings(config) -> Dict[str, Any]:
+    """Backbone constructor arguments for config.model's Inception-ResNet options."""
+    if config.model.arch not in INCEPTION_ARCHS:
+        return {}
+    m = config.model
+    return {"output": m.output, "start_after": m.freeze_until or None,
+            "frozen_bn": m.bn_mode == "inference"}
+
+
+def input_shape(config) -> Tuple[int, ...]:
+    """The shape of one network input: an image, or the trunk's activations of one."""
+    size = config.data.image_size
+    if not is_frozen(config):
+        return (size, size, 3)
+    model = trunk_model(config)
+    out = jax.eval_shape(lambda: model.init_with_output(
+        jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)[0])
+    return tuple(out.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------
+# BatchNorm recalibration of the layers that train.
+
+
+def _bn_inputs(intermediates, path=()):
+    """{path of a BatchNorm: its input} for every conv/dense followed by a BatchNorm."""
+    found = {}
+    for name, value in intermediates.items():
+        if name in ("conv", "dense") and "__call__" in value:
+            found[path + ("BatchNorm",)] = value["__call__"][0]
+        elif isinstance(value, dict) and name != "__call__":
+            found.update(_bn_inputs(value, path + (name,)))
+    return found
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def recalibrate_batchnorm(model, params, batch_stats, inputs, eps: float) -> Tuple[Any, Any]:
+    """Set each backbone BatchNorm's running statistics to the mean m and variance v of its
+    input over ``inputs``, changing scale and bias so that the inference-mode function is
+    unchanged: scale' = scale * sqrt(v + eps) / sqrt(var + eps),
+    bias' = bias + (m - mean) * scale / sqrt(var + eps). For a folded BN (scale 1, mean 0,
+    var 1 - eps) that is scale sqrt(v + eps), bias offset + m. Batch statistics in training
+    then start close to the running ones, instead of normalising away what the folded
+    layer had learned.
+    """
+    import flax.linen as nn
+
+    variables = {"params": params, "batch_stats": batch_stats}
+    _, state = model.apply(variables, inputs, train=False, method=model.features,
+                           capture_intermediates=lambda m, _: isinstance(m, (nn.Conv, nn.Dense)))
+    found = _bn_inputs(state["intermediates"]["backbone"])
+    params = jax.tree.map(np.asarray, params)
+    batch_stats = jax.tree.map(np.array, batch_stats)
+    for path, x in found.items():
+        x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        m, v = x.mean(0), x.var(0)
+        bn_p, bn_s = _get(params["backbone"], path), _get(batch_stats["backbone"], path)
+        gain = bn_p["scale"] / np.sqrt(bn_s["var"] + eps)
+        bn_p["bias"] = (bn_p["bias"] + (m - bn_s["mean"]) * gain).astype(np.float32)
+        bn_p["scale"] = (gain * np.sqrt(v + eps)).astype(np.float32)
+        bn_s["mean"], bn_s["var"] = m.astype(np.float32), v.astype(np.float32)
+    return params, batch_stats
