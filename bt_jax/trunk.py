@@ -113,17 +113,23 @@ class Trunk:
         self.variables = trunk_variables(config)
         root = cache_dir or config.data.get("trunk_cache_dir") or facenet_weights.cache_dir()
         self.cache_dir = os.path.join(root, "trunk")
-        self._apply = jax.jit(self._forward)
+        # One image batch split over the local devices: on a CPU with simulated devices
+        # that is what keeps every core busy.
+        self.devices = jax.local_devices()[:max(1, min(config.num_devices,
+                                                       jax.local_device_count()))]
+        self._apply = jax.pmap(self._forward, in_axes=(None, 0), devices=self.devices)
 
     def _forward(self, variables, images):
         x = preprocess.normalize(images, self.config.data.normalization)
         return self.model.apply(variables, x, train=False).astype(CACHE_DTYPE)
 
-    def compute(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    def compute(self, images: np.ndarray, per_device: int = 8) -> np.ndarray:
         """Activations of ``images`` (uint8 N x S x S x 3), batch by batch (the last one
         padded to keep one compiled shape)."""
         from tqdm.auto import tqdm
 
+        n = len(self.devices)
+        batch = n * per_device
         out = []
         for start in tqdm(range(0, len(images), batch), desc="frozen trunk", unit="batch",
                           disable=not self.progress):
@@ -131,7 +137,9 @@ class Trunk:
             pad = batch - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            out.append(np.asarray(self._apply(self.variables, chunk))[:batch - pad])
+            acts = np.asarray(self._apply(self.variables, chunk.reshape(
+                (n, per_device) + chunk.shape[1:])))
+            out.append(acts.reshape((batch,) + acts.shape[2:])[:batch - pad])
         if not out:
             raise ValueError("no images to run through the frozen trunk.")
         return np.concatenate(out)

@@ -376,3 +376,23 @@ def test_crop_area_min_reaches_the_recipes_crop(synth, monkeypatch):
     x = faces[0].astype(np.float32) / 255
     np.testing.assert_allclose(crop(jax.random.PRNGKey(3), x, x.shape[0], (1.0, 1.0), (1, 1)),
                                x, atol=1e-5)
+
+
+def test_hold_out_moves_whole_identities_reproducibly_and_relabels():
+    from bt_jax.data import sources
+    from bt_jax.data.folder import ImageRecord
+
+    records = [ImageRecord(f"{n}/{n}_{i:04d}_0000.jpg", n, k, i, 0, None)
+               for k, n in enumerate("abcdefghij") for i in range(3)]
+    source = sources.ImageSource("train", records, lambda i: records[i].path.encode())
+    kept, held = sources.hold_out(source, 0.2, seed=0)
+    held_ids = {r.identity for r in held.records}
+    assert len(held_ids) == 2 and not held_ids & {r.identity for r in kept.records}
+    assert len(kept.records) + len(held.records) == 30
+    assert sorted({r.label for r in held.records}) == [0, 1]
+    assert held.read(0) == held.records[0].path.encode()  # reads follow the subset
+    again = sources.hold_out(source, 0.2, seed=0)[1]
+    assert [r.path for r in again.records] == [r.path for r in held.records]
+    assert {r.identity for r in sources.hold_out(source, 0.2, seed=1)[1].records} != held_ids
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        sources.hold_out(source, 1.0, seed=0)

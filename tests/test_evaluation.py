@@ -374,3 +374,20 @@ def test_first_file_protocol_takes_each_identitys_first_file(folder):
     s = Identification(a).evaluate(table).summary
     # The first file's two other variants leak; the second photo's three are disjoint.
     assert s["views"]["leaked"]["probes"] == 40 and s["views"]["source_disjoint"]["probes"] == 60
+
+
+def test_paired_difference_counts_only_shared_view_probes_and_resamples_identities():
+    from bt_jax.evaluation.stats import paired_difference
+
+    base = {"path": list("abcdef"), "identity": ["x", "x", "y", "y", "z", "z"],
+            "source_disjoint": [True, True, True, True, True, False]}
+    a = {**base, "correct": [True, True, True, False, False, True]}
+    b = {**base, "correct": [True, False, False, False, True, True]}
+    d = paired_difference(a, b, samples=200)
+    assert d["probes"] == 5 and d["difference"] == pytest.approx((0 + 1 + 1 + 0 - 1) / 5)
+    lo, hi = d["ci95"]
+    assert lo <= d["difference"] <= hi and lo < hi
+    same = paired_difference(a, a)
+    assert same["difference"] == 0 and same["ci95"] == (0.0, 0.0)
+    with pytest.raises(ValueError, match="different probes"):
+        paired_difference(a, {**b, "path": list("abcdeg")})

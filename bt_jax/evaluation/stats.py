@@ -35,3 +35,19 @@ def bootstrap_ci(correct: Sequence[bool], clusters: Optional[Sequence] = None, *
         means.append((counts @ hits) / (counts @ sizes))
     lo, hi = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def paired_difference(a: dict, b: dict, view: str = "source_disjoint", *, samples: int = 1000,
+                      seed: int = 0) -> dict:
+    """Accuracy of run ``a`` minus run ``b`` on the same probes (their ``probes`` records
+    from results.json), with a bootstrap interval that resamples identities together."""
+    if a["path"] != b["path"]:
+        raise ValueError("the two results hold different probes: compare evaluations of the "
+                         "same data, protocol and seed.")
+    chosen = np.asarray(a[view], bool) & np.asarray(b[view], bool)
+    if not chosen.any():
+        raise ValueError(f"no probe is in the {view!r} view of both results.")
+    diff = (np.asarray(a["correct"], float) - np.asarray(b["correct"], float))[chosen]
+    clusters = np.asarray(a["identity"], object)[chosen]
+    return {"view": view, "probes": int(chosen.sum()), "difference": float(diff.mean()),
+            "ci95": bootstrap_ci(diff, clusters, samples=samples, seed=seed)}
