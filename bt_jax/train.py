@@ -22,7 +22,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bt_jax import distributed, evaluation, optim, parallel, preprocess, reducers, trunk
+from bt_jax import (distributed, evaluation, optim, parallel, preprocess, reducers, run_config,
+                    trunk)
 from bt_jax.checkpointing import Checkpointer
 from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
@@ -234,6 +235,9 @@ def check_config(config) -> None:
                          "'train', 'inference' or 'recalibrate'.")
     if config.train.epochs < 1:
         raise ValueError(f"config.train.epochs={config.train.epochs} must be at least 1.")
+    if config.train.keep_checkpoints < 1:
+        raise ValueError(f"config.train.keep_checkpoints={config.train.keep_checkpoints} would "
+                         "delete every checkpoint as soon as it is written; keep at least 1.")
     preprocess.check_normalization(config.data.normalization)
     trunk.check_split(config)
 
@@ -363,19 +367,34 @@ def _to_python(value):
 # Exit status after a SIGTERM/SIGUSR1 stop with a saved checkpoint: EX_TEMPFAIL, "try
 # again". Requeue scripts rerun the same command, which resumes from that checkpoint.
 PREEMPTED_EXIT_CODE = 75
+# After Ctrl-C (SIGINT): 128 + 2, as shells report it. Not 75: a person who pressed
+# Ctrl-C wants to stop, and requeue wrappers would run 75 again.
+INTERRUPTED_EXIT_CODE = 130
+
+
+def _exit_code(signum: int) -> int:
+    return INTERRUPTED_EXIT_CODE if signum == signal.SIGINT else PREEMPTED_EXIT_CODE
 
 
 class Preempted(Exception):
-    """Training stopped on a signal after saving a checkpoint; rerun to resume."""
+    """Training stopped on a signal (after saving a checkpoint, once steps have run)."""
+
+    def __init__(self, message: str, exit_code: int = PREEMPTED_EXIT_CODE):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR1 into a flag that the loop reads between steps."""
+    """Turns SIGTERM/SIGUSR1/SIGINT into a flag that the loop reads between steps.
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    Before the loop starts there is nothing to save, so a signal stops at once. In the
+    loop the first signal finishes the step and saves; a second Ctrl-C aborts at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __enter__(self):
-        self.requested, self._previous = False, {}
+        self.requested, self.looping, self._previous = None, False, {}
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -386,12 +405,23 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         del frame
-        self.requested = True
-        tqdm.write(f"received signal {signum}: finishing this step, then saving")
+        if not self.looping:
+            raise Preempted(f"stopped by signal {signum} during start-up, before any training "
+                            "step; nothing to save. Run the same command to start again.",
+                            _exit_code(signum))
+        if self.requested == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
+        if self.requested is None:
+            self.requested = signum
+            again = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
+            tqdm.write(f"received signal {signum}: finishing this step, then saving{again}")
 
     def should_stop(self) -> bool:
         # Every process must stop at the same step, or the others hang in a collective.
-        return distributed.any_process(self.requested)
+        return distributed.any_process(self.requested is not None)
+
+    def exit_code(self) -> int:
+        return _exit_code(self.requested if self.requested is not None else signal.SIGTERM)
 
 
 class StepLog:
@@ -421,9 +451,7 @@ class StepLog:
         for offset, values in enumerate(host):
             if not all(math.isfinite(v) for v in values.values()):
                 raise FloatingPointError(
-                    f"training diverged at step {self.first + offset + 1}: {values}. The last "
-                    "good checkpoint is kept; lower the learning rates (config.optim.lr_weights,"
-                    " config.optim.lr_biases) or check the data.")
+                    f"training diverged at step {self.first + offset + 1}: {values}.")
         record = self._record(epoch, host)
         self.history, self.first, self.tick = [], record["step"], time.time()
         self.write(record)
@@ -453,7 +481,8 @@ class StepLog:
             self.writer.write(record)
 
 
-def run_training(config, workdir, state, steps: Steps, data: Data, schedule, ckpt) -> Any:
+def run_training(config, workdir, state, steps: Steps, data: Data, schedule, ckpt,
+                 stop: StopRequest) -> Any:
     """The step loop from ``state.step`` to the end; returns the final replicated state."""
     batch = config.optim.batch_size
     per_epoch = data.train.steps_per_epoch(batch)
@@ -463,7 +492,8 @@ def run_training(config, workdir, state, steps: Steps, data: Data, schedule, ckp
     log = StepLog(workdir, schedule, config, step, comm)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (config.train.progress and distributed.is_primary()))
-    with StopRequest() as stop, bar:
+    stop.looping = True
+    with bar:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             for view1, view2 in data.train.batches(epoch, batch, start_step=offset):
@@ -492,14 +522,13 @@ def _after_step(config, state, steps, data, ckpt, log, bar, stop, epoch, step, e
         ckpt.save(step, state_to_host(state))
     if stopping:
         raise Preempted(f"stopped by a signal after step {step}; the checkpoint is saved. "
-                        "Run the same command again to resume.")
+                        "Run the same command again to resume.", stop.exit_code())
 
 
 def _end_epoch(config, state, steps, data, ckpt, log, epoch, step) -> None:
     val_loss = validation_loss(steps, state, data.val, config)
     if not math.isfinite(val_loss):
-        raise FloatingPointError(f"validation loss is {val_loss} after step {step}; the last "
-                                 "good checkpoint is kept.")
+        raise FloatingPointError(f"validation loss is {val_loss} after step {step}.")
     record = {"epoch": epoch, "step": step, "val_loss": val_loss}
     every = config.train.knn_every_epochs
     if every and (epoch + 1) % every == 0 and epoch + 1 < config.train.epochs:
@@ -530,12 +559,52 @@ def format_results(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-    """Train Barlow Twins (resuming from ``workdir`` when it holds checkpoints), then
-    report 1-NN identification for the trained network, the untrained one and raw pixels."""
-    check_config(config)
-    distributed.initialize(config)
-    os.makedirs(workdir, exist_ok=True)
+def check_workdir(workdir: str, flag: str = "--workdir") -> str:
+    """``workdir`` created if needed, or a clear error for an empty path or a file."""
+    if not workdir:
+        raise ValueError(f"{flag} is empty; name a folder for checkpoints and results.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{flag} {workdir!r} is a file or lies under a file; name a "
+                         "folder.") from None
+    return workdir
+
+
+def preflight(config, workdir: str) -> None:
+    """Everything that can be checked without work, before any data is read."""
+    check_workdir(workdir)
+    if config.init != "scratch" and not os.path.isdir(os.path.join(config.init, "variables")):
+        from bt_jax.pretrained import HOW_TO_FIX
+
+        raise FileNotFoundError(f"config.init={config.init!r}: no converted weights at "
+                                f"{os.path.join(config.init, 'variables')}.\n{HOW_TO_FIX}")
+    if config.data.source == "folder":
+        for key in ("train_dir", "val_dir", "eval_dir"):
+            folder_path = config.data[key]
+            if folder_path and not os.path.isdir(folder_path):
+                raise FileNotFoundError(f"config.data.{key}={folder_path!r} is not a folder; "
+                                        "point it at <identity>/<Name>_SSSS_VVVV.jpg images.")
+
+
+def _resume_check(config, workdir: str) -> None:
+    """Stop if ``workdir``'s run had other state-shaping settings; record this config."""
+    if Checkpointer.has_checkpoints(workdir):
+        run_config.check(config, workdir, action="resume")
+    if distributed.is_primary():
+        run_config.save(config, workdir)
+
+
+class Run(NamedTuple):
+    """What start-up builds: the devices, data, schedule, compiled steps, a fresh state."""
+    mesh: Any
+    data: Data
+    schedule: Any
+    steps: Steps
+    fresh: TrainState
+
+
+def set_up(config, workdir: str) -> Run:
     mesh = parallel.device_mesh(config.num_devices)
     if config.data.source == "synthetic":
         # One process writes the generated images; the others wait, then read them.
@@ -545,25 +614,48 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     data = load_data(config, workdir)
     tx, schedule = make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
     reducer = reducers.make_reducer(config)
-    steps = compile_steps(config, tx, reducer)
     fresh = initial_state(config, tx, reducer)
     if config.model.bn_mode == "recalibrate":
         fresh = recalibrated(config, fresh, data)
-    ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    return Run(mesh, data, schedule, compile_steps(config, tx, reducer), fresh)
+
+
+def _train(config, workdir: str, run: Run, ckpt: Checkpointer, stop: StopRequest):
+    """(untrained, trained) 1-NN reports around the training loop."""
+    restored = ckpt.restore_latest(run.fresh)
+    start = run.fresh if restored is None else restored
+    _say(f"resuming from step {int(restored.step)} in {workdir}" if restored is not None
+         else f"training from step 0 in {workdir}")
+    untrained = _identification(config, run.steps, state_to_devices(run.fresh, run.mesh),
+                                run.data)
+    _say(f"untrained network: 1-NN accuracy {100 * untrained['accuracy']:.2f}%")
     try:
-        restored = ckpt.restore_latest(fresh)
-        start = fresh if restored is None else restored
-        _say(f"resuming from step {int(restored.step)} in {workdir}" if restored is not None
-             else f"training from step 0 in {workdir}")
-        untrained = _identification(config, steps, state_to_devices(fresh, mesh), data)
-        _say(f"untrained network: 1-NN accuracy {100 * untrained['accuracy']:.2f}%")
-        state = run_training(config, workdir, state_to_devices(start, mesh), steps, data,
-                             schedule, ckpt)
-        trained = _identification(config, steps, state, data)
-    finally:
-        ckpt.close()
-    raw = evaluation.identification_report(evaluation.raw_pixels, data.eval_images,
-                                           data.eval_records, config.eval.metric)
+        state = run_training(config, workdir, state_to_devices(start, run.mesh), run.steps,
+                             run.data, run.schedule, ckpt, stop)
+    except FloatingPointError as e:  # say what is really on disk
+        rates = ("config.optim.lr" if config.optim.name == "adamw"
+                 else "config.optim.lr_weights, config.optim.lr_biases")
+        raise FloatingPointError(f"{e} {ckpt.kept()}. Lower the learning rates ({rates}) "
+                                 "or check the data.") from None
+    return untrained, _identification(config, run.steps, state, run.data)
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+    """Train Barlow Twins (resuming from ``workdir`` when it holds checkpoints), then
+    report 1-NN identification for the trained network, the untrained one and raw pixels."""
+    check_config(config)
+    preflight(config, workdir)
+    with StopRequest() as stop:
+        distributed.initialize(config)
+        _resume_check(config, workdir)
+        run = set_up(config, workdir)
+        ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+        try:
+            untrained, trained = _train(config, workdir, run, ckpt, stop)
+        finally:
+            ckpt.close()
+    raw = evaluation.identification_report(evaluation.raw_pixels, run.data.eval_images,
+                                           run.data.eval_records, config.eval.metric)
     results = {"trained": trained, "untrained": untrained, "raw_pixels": raw}
     if distributed.is_primary():
         with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -5,20 +5,22 @@
 
 Runs resume from the latest checkpoint in --workdir. SIGTERM or SIGUSR1 finishes the
 current step, saves a checkpoint and exits with status 75 (EX_TEMPFAIL): rerun to resume.
-Bad input, divergence and checkpoint write failures exit with status 1 and one line.
+Ctrl-C does the same with status 130 (a second Ctrl-C aborts at once). Bad input,
+divergence and checkpoint write failures exit with status 1 and one line.
 """
 
 from bt_jax.devices import simulate_cpu_devices
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
 
+import os  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.checkpointing import CheckpointWriteError  # noqa: E402
-from bt_jax.train import (PREEMPTED_EXIT_CODE, Preempted, format_results,  # noqa: E402
+from bt_jax.train import (INTERRUPTED_EXIT_CODE, Preempted, format_results,  # noqa: E402
                           train_and_evaluate)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -34,11 +36,21 @@ def main(argv):
     try:
         results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:
-        print(f"preempted: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
-    except (ValueError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as e:
-        # Expected bad input, divergence or a full disk: the message names the problem and
-        # the fix, so a traceback would only hide it.
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("aborted by a second Ctrl-C: steps since the last checkpoint are lost.",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    except CheckpointWriteError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        # orbax's writer threads report the same failure again while the interpreter
+        # shuts down; the line above already says it all.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # Expected bad input or divergence: the message names the problem and the fix,
+        # so a traceback would only hide it.
         sys.exit(f"error: {type(e).__name__}: {e}")
     print(format_results(results))
 

@@ -1,8 +1,8 @@
 """Preemption, exact resume after SIGKILL, divergence, failed checkpoint writes, multi-host."""
 
-import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -103,29 +103,148 @@ def test_divergence_names_the_step_and_keeps_last_good_checkpoint(tmp_path):
     config.optim.lr_biases = 1e38  # BatchNorm scales overflow on the first non-zero lr step
     config.train.checkpoint_every_steps = 1
     config.train.log_every_steps = 1
-    with pytest.raises(FloatingPointError, match=r"training diverged at step 2\b"):
+    with pytest.raises(FloatingPointError, match=r"training diverged at step 2\b.*"
+                       r"checkpoint of step 1 is intact"):
         train.train_and_evaluate(config, str(tmp_path))
     kept = _final_state(tmp_path)
     assert int(kept.step) == 1
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(kept.params))
 
 
-def test_checkpoint_write_failure_is_clear_and_keeps_earlier_checkpoint(tmp_path, monkeypatch):
+def test_divergence_before_any_checkpoint_says_none_is_kept(tmp_path):
+    config = tiny_config()
+    config.optim.lr_biases = 1e38
+    with pytest.raises(FloatingPointError, match="No checkpoint was written yet"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not Checkpointer.has_checkpoints(str(tmp_path))
+
+
+def _folder_data(config, tmp_path):
+    """The tiny synthetic splits written outside the workdir, read as a 'folder' source."""
+    from bt_jax.data import sources
+
+    dirs = sources.synthetic_dirs(config, str(tmp_path / "data"))
+    config.data.source = "folder"
+    config.data.train_dir, config.data.val_dir, config.data.eval_dir = (
+        dirs["train"], dirs["val"], dirs["eval"])
+    return config
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system: room for two tiny checkpoints, not three."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): the real "
+                    "full-disk test needs root and mount rights")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_path,
+                                                                              small_disk):
+    config = _folder_data(tiny_config(), tmp_path)
+    flags = [f"--config.data.source=folder", f"--config.data.train_dir={config.data.train_dir}",
+             f"--config.data.val_dir={config.data.val_dir}",
+             f"--config.data.eval_dir={config.data.eval_dir}",
+             "--config.train.checkpoint_every_steps=1", "--config.train.keep_checkpoints=20"]
+    proc = subprocess.run(_command(small_disk / "run", *flags), capture_output=True, text=True)
+    assert proc.returncode == 1
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "No space left on device" in error[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    failed = int(re.search(r"checkpoint of step (\d+) under", error[0])[1])
+    kept = int(re.search(r"The checkpoint of step (\d+) is intact", error[0])[1])
+    assert kept == failed - 1 >= 1
+    config.train.checkpoint_every_steps = 1
+    tx, _ = train.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
+    ckpt = Checkpointer(str(small_disk / "run"))
+    try:
+        state = ckpt.restore_latest(train.initial_state(config, tx, reducers.make_reducer(config)))
+    finally:
+        ckpt.close()
+    assert int(state.step) == kept
+
+
+def test_keep_checkpoints_below_one_is_refused(tmp_path):
+    config = tiny_config()
+    config.train.keep_checkpoints = 0
+    with pytest.raises(ValueError, match="keep_checkpoints=0 would delete every checkpoint"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(tmp_path):
+    config = tiny_config()
+    config.train.epochs = 1
+    train.train_and_evaluate(config, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["projector"] == "32-32"
+    changed = tiny_config()
+    changed.train.epochs = 1
+    changed.model.projector = "64-64"
+    changed.optim.batch_size = 8
+    with pytest.raises(ValueError, match=r"model.projector: run '32-32', now '64-64'.*"
+                       r"optim.batch_size: run 16, now 8.*new --workdir"):
+        train.train_and_evaluate(changed, str(tmp_path))
+    longer = tiny_config()
+    longer.train.epochs = 2  # allowed, with a warning: the schedule is recomputed
+    with pytest.warns(UserWarning, match="train.epochs changed from 1 to 2"):
+        train.train_and_evaluate(longer, str(tmp_path))
+    assert int(_final_state(tmp_path).step) == TOTAL_STEPS
+
+
+def _latest_step_folder(workdir):
+    return max(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_a_truncated_or_empty_latest_checkpoint_is_set_aside_and_the_previous_one_used(
+        uninterrupted, tmp_path):
     config = tiny_config()
     config.train.checkpoint_every_steps = 1
-    real_save, calls = ocp.CheckpointManager.save, []
+    config.train.keep_checkpoints = 3
+    train.train_and_evaluate(config, str(tmp_path))
+    step = _latest_step_folder(tmp_path)
+    files = [f for f in (tmp_path / "checkpoints" / str(step)).rglob("*") if f.is_file()]
+    biggest = max(files, key=lambda f: f.stat().st_size)
+    with open(biggest, "r+b") as f:
+        f.truncate(biggest.stat().st_size // 2)
+    (tmp_path / "checkpoints" / str(step + 4)).mkdir()  # a stray empty step folder
+    with pytest.warns(UserWarning, match=f"checkpoint of step {step + 4} cannot be read"):
+        state = _final_state(tmp_path)
+    assert int(state.step) == step - 1
+    assert (tmp_path / "checkpoints" / f"{step}.corrupt").is_dir()  # moved aside, not deleted
+    assert (tmp_path / "checkpoints" / f"{step + 4}.corrupt").is_dir()
+    # Training resumes from there and finishes as the uninterrupted run did.
+    train.train_and_evaluate(config, str(tmp_path))
+    _assert_same_state(_final_state(tmp_path), uninterrupted)
 
-    def save(self, step, *args, **kwargs):
-        calls.append(step)
-        if step == 3:
-            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
-        return real_save(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    with pytest.raises(CheckpointWriteError, match="step 3.*No space left.*step 2\\) is intact"):
-        train.train_and_evaluate(config, str(tmp_path))
-    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-    assert int(_final_state(tmp_path).step) == 2
+def test_ctrl_c_saves_and_exits_130_and_a_second_aborts(uninterrupted, tmp_path):
+    proc = subprocess.Popen(_command(tmp_path, "--config.train.log_every_steps=1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, tmp_path, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == train.INTERRUPTED_EXIT_CODE, err[-2000:]
+    assert "KeyboardInterrupt" not in err and "checkpoint is saved" in err
+    assert Checkpointer.has_checkpoints(str(tmp_path))
+    proc = subprocess.run(_command(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _assert_same_state(_final_state(tmp_path), uninterrupted)
+
+
+def test_sigterm_during_start_up_says_so_and_exits_75(tmp_path):
+    proc = subprocess.Popen(_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.1)  # config.json is written at the start of start-up
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == train.PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "during start-up" in err and "Traceback" not in err
 
 
 def _free_port():
@@ -161,3 +280,12 @@ def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_pat
     for x, y in zip(jax.tree.leaves(rest(multi)), jax.tree.leaves(rest(uninterrupted))):
         scale = max(1.0, float(np.abs(np.asarray(y, np.float64)).max()))
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-4 * scale)
+
+
+def test_second_ctrl_c_aborts_at_once():
+    with train.StopRequest() as stop:
+        stop.looping = True
+        stop._handle(signal.SIGINT, None)  # what the first Ctrl-C calls
+        assert stop.should_stop() and stop.exit_code() == train.INTERRUPTED_EXIT_CODE
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
