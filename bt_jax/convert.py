@@ -466,9 +466,20 @@ def _manifest(source, source_format, arch, num_classes, projector, normalization
     return manifest
 
 
-def _refuse_existing(out: str, overwrite: bool) -> None:
-    if os.path.exists(out) and not overwrite:
+def _refuse_existing(out: str, overwrite: bool, source: Optional[str] = None) -> None:
+    if source is not None:
+        src = os.path.realpath(source)
+        if src == os.path.realpath(out) or src.startswith(os.path.realpath(out) + os.sep):
+            raise ValueError(f"--out {out!r} is or contains --source {source!r}; write the "
+                             "conversion to another folder.")
+    if not os.path.exists(out):
+        return
+    if not overwrite:
         raise FileExistsError(f"--out {out!r} already exists; pass --overwrite to replace it.")
+    if not os.path.isfile(os.path.join(out, "manifest.json")):
+        raise ValueError(f"--out {out!r} exists and is not a conversion (no manifest.json); "
+                         "--overwrite only replaces an earlier conversion. Choose another "
+                         "--out or move that folder yourself.")
 
 
 def save(conversion: Conversion, out: str, overwrite: bool = False) -> str:
@@ -510,7 +521,7 @@ def save(conversion: Conversion, out: str, overwrite: bool = False) -> str:
 def convert_file(source: str, out: str, arch: Optional[str] = None, keep_fc: bool = False,
                  overwrite: bool = False, normalization: Optional[str] = None) -> Dict[str, Any]:
     """Convert ``source`` into the folder ``out``; returns the manifest."""
-    _refuse_existing(os.path.abspath(out), overwrite)  # fail before the slow part
+    _refuse_existing(os.path.abspath(out), overwrite, source)  # fail before the slow part
     conversion = convert(source, arch=arch, keep_fc=keep_fc, normalization=normalization)
     save(conversion, out, overwrite=overwrite)
     return conversion.manifest

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from typing import Any, Dict, NamedTuple, Optional
 
 import jax
@@ -437,6 +438,7 @@ class StepLog:
         self.comm = comm  # (exact floats, floats sent, first compressed step) or None
         self.history, self.first = [], step
         self.start = self.tick = time.time()
+        self.warned_zero = False
 
     def add(self, metrics) -> None:
         self.history.append(metrics)
@@ -452,10 +454,22 @@ class StepLog:
             if not all(math.isfinite(v) for v in values.values()):
                 raise FloatingPointError(
                     f"training diverged at step {self.first + offset + 1}: {values}.")
+        self._warn_if_no_signal(host)
         record = self._record(epoch, host)
         self.history, self.first, self.tick = [], record["step"], time.time()
         self.write(record)
         return record
+
+    def _warn_if_no_signal(self, host) -> None:
+        """Constant inputs (all-black images) train to nothing without an error: say so
+        at the first log interval whose gradients are all exactly zero."""
+        if self.warned_zero or any(h["grad_norm"] != 0.0 for h in host):
+            return
+        self.warned_zero = True
+        warnings.warn(f"the gradient is exactly zero at steps {self.first + 1}-"
+                      f"{self.first + len(host)}: nothing is being learned. The inputs may have "
+                      "no variance (blank or constant images?) or every trained layer is "
+                      "frozen; check the data and config.optim.backbone_lr_scale.", stacklevel=2)
 
     def _record(self, epoch, host) -> Dict[str, Any]:
         o, step = self.config.optim, self.first + len(host)

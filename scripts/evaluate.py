@@ -28,7 +28,7 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bt_jax.data.folder import scan_folder  # noqa: E402
+from bt_jax.data.sources import folder_records  # noqa: E402
 from bt_jax.evaluation import knn, protocols, raw_pixels, report, verification  # noqa: E402
 from bt_jax.evaluation.groups import read_groups  # noqa: E402
 from bt_jax.evaluation.identification import Identification  # noqa: E402
@@ -63,8 +63,9 @@ flags.mark_flags_as_required(["config", "out"])
 
 
 def _records(folder: str):
-    # Every image counts here: a lone image still serves as a gallery candidate.
-    return scan_folder(folder, min_images_per_identity=1)
+    # Every usable image counts here: a lone image still serves as a gallery candidate.
+    config = _CONFIG.value
+    return folder_records(folder, config.data.image_size, config.data.exclude_file)
 
 
 def _assignment(config) -> protocols.Assignment:
@@ -82,6 +83,30 @@ def _assignment(config) -> protocols.Assignment:
         return protocols.first_file(_records(_DATA.value))
     return protocols.split(_records(_DATA.value), seed=config.eval.seed,
                            gallery_per_identity=_PER_ID.value)
+
+
+def _check_paths() -> None:
+    """Outputs and run folders that cannot work, found before any image is read."""
+    out = _OUT.value
+    if not out or os.path.isfile(out) or any(
+            os.path.isfile(p) for p in _parents(os.path.abspath(out))):
+        raise ValueError(f"--out {out!r} is empty, a file, or lies under a file; name a "
+                         "folder for results.json and the plots.")
+    if _WORKDIR.value is not None:
+        from bt_jax import run_config
+
+        if not _WORKDIR.value:
+            raise ValueError("--workdir is empty; name a training run's folder.")
+        run_config.check(_CONFIG.value, _WORKDIR.value, action="load")
+
+
+def _parents(path: str):
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        yield parent
+        path = parent
 
 
 def _verification(config):
@@ -149,6 +174,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     try:
+        _check_paths()
         assignment = _assignment(config)
         checker = _verification(config)
         groups = read_groups(_GROUPS.value) if _GROUPS.value else None

@@ -18,9 +18,12 @@ import numpy as np
 from absl import app, flags
 
 from bt_jax import skin_tone
-from bt_jax.data.folder import load_images, scan_folder
+from bt_jax.data.folder import load_images
+from bt_jax.data.sources import folder_records
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder of <identity>/<Name>_SSSS_VVVV.jpg.")
+_EXCLUDE = flags.DEFINE_string("exclude_file", "", "Exclusion list from scripts/clean_data.py; "
+                               "unreadable images are skipped with a warning either way.")
 _CSV = flags.DEFINE_string("out_csv", None, "CSV to write (identity, group = category, ...).")
 _SHEET = flags.DEFINE_string("sheet", None, "PNG contact sheet; default <out_csv>_sheet.png. "
                              "Keep it out of the repository when the faces are real.")
@@ -67,7 +70,7 @@ def main(argv):
     try:
         settings = skin_tone.Settings(_MASK_TOP.value, _SIDE.value, _MIN_SKIN.value,
                                       _GRAY.value)
-        records = scan_folder(_DATA.value, min_images_per_identity=1)
+        records = folder_records(_DATA.value, _SIZE.value, _EXCLUDE.value)
         tones = skin_tone.measure_records(records, _SIZE.value, settings)
     except (ValueError, FileNotFoundError) as e:
         sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))

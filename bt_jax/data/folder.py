@@ -67,21 +67,37 @@ def parse_image_name(filename: str) -> tuple[str, int, int]:
 
 
 def _is_image(entry: os.DirEntry) -> bool:
-    return (not entry.name.startswith(".") and entry.is_file()
-            and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+    try:
+        return (not entry.name.startswith(".") and entry.is_file()
+                and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+    except OSError:  # a symlink loop is no image; decoding would fail on it anyway
+        return False
 
 
 def _list_identities(root: pathlib.Path) -> dict[str, list[str]]:
     """{identity: sorted image file names} for every folder holding images."""
     found = {}
-    with os.scandir(root) as entries:
-        folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
-    for folder in folders:
-        with os.scandir(folder.path) as entries:
-            names = sorted(e.name for e in entries if _is_image(e))
-        if names:
-            found[folder.name] = names
+    try:
+        with os.scandir(root) as entries:
+            folders = [e for e in entries if _is_folder(e)]
+        for folder in folders:
+            with os.scandir(folder.path) as entries:
+                names = sorted(e.name for e in entries if _is_image(e))
+            if names:
+                found[folder.name] = names
+    except OSError as error:  # a symlink loop, a folder without read permission
+        raise FileNotFoundError(f"cannot list image folder {root}: {error}. Fix or remove "
+                                "that entry.") from None
     return found
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    if entry.name.startswith("."):
+        return False
+    try:
+        return entry.is_dir() and os.path.isdir(os.path.realpath(entry.path))
+    except OSError:
+        return False
 
 
 def _check_root(root: pathlib.Path) -> None:
@@ -158,7 +174,9 @@ def decode_image(data: bytes, size: int, name: str = "image") -> np.ndarray:
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot decode image {name}: {error}. Replace or delete the "
+        why = ("the file is empty (0 bytes)" if not data else
+               f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+        raise ValueError(f"cannot decode image {name}: {why}. Replace or delete the "
                          "file, or list it in config.data.exclude_file "
                          "(scripts/clean_data.py writes that list).") from error
 

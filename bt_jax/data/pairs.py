@@ -194,11 +194,13 @@ class PairSampler:
     def steps_per_epoch(self, global_batch: int) -> int:
         """Full batches per epoch; the remainder of the pairs is dropped."""
         if global_batch < 1 or self.pairs_per_epoch // global_batch == 0:
+            more = ("" if self.mode == "all_pairs" else
+                    ", or set config.data.pair_sampler='all_pairs' (the most pairs per identity)")
             raise ValueError(
-                f"{self.pairs_per_epoch} pairs per epoch ({self.mode!r} over "
-                f"{len(self._identities)} identities with >= 2 images) do not fill one batch "
-                f"of global_batch={global_batch}; lower the batch size, add identities or "
-                "use pairs_per_identity='all_pairs'.")
+                f"{self.pairs_per_epoch} pairs per epoch (config.data.pair_sampler="
+                f"{self.mode!r} over {len(self._identities)} identities with >= 2 images) do "
+                f"not fill one batch of config.optim.batch_size={global_batch}; lower the "
+                f"batch size or add identities{more}.")
         return self.pairs_per_epoch // global_batch
 
     def host_pairs(self, epoch: int, global_batch: int, *, process_index: int | None = None,

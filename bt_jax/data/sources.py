@@ -209,28 +209,42 @@ def preload(source: ImageSource, image_size: int, *, progress: bool = True,
         try:
             return decode_image(source.read(i), image_size, source.records[i].path)
         except (OSError, ValueError, KeyError) as error:
-            return error
+            return error if str(error) else ValueError(type(error).__name__)
 
     n = len(source.records)
     out = np.empty((n, image_size, image_size, 3), np.uint8)
-    bad = []
+    bad = {}
     with concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
         for i, pixels in enumerate(tqdm(pool.map(load, range(n)), total=n, unit="img",
                                         desc=f"loading {os.path.basename(source.name)}",
                                         disable=not progress)):
             if isinstance(pixels, Exception):
-                bad.append(i)
+                bad[i] = pixels
             else:
                 out[i] = pixels
     if bad:
-        names = ", ".join(source.records[i].path for i in bad[:3])
-        warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images ({names}"
-                      f"{', ...' if len(bad) > 3 else ''}); list them in "
-                      "config.data.exclude_file (scripts/clean_data.py).", stacklevel=2)
+        # The decoder's message already names the file and says why (zero bytes,
+        # truncated, a decompression bomb, not an image).
+        why = "; ".join(str(e) for e in list(bad.values())[:3])
+        warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images: {why}"
+                      f"{'; ...' if len(bad) > 3 else ''}", stacklevel=2)
     if not bad:
         return list(source.records), out
-    keep = np.setdiff1d(np.arange(n), bad)
+    keep = np.setdiff1d(np.arange(n), list(bad))
     return [source.records[i] for i in keep], out[keep]
+
+
+def folder_records(folder: str, image_size: int, exclude_file: str = "") -> list:
+    """Every usable image of ``folder`` for evaluation: the exclusion list applied, and
+    unreadable images left out with a warning that says why (as in training)."""
+    records = scan_folder(folder, min_images_per_identity=1)
+    if exclude_file:
+        excluded = read_exclusions(exclude_file)
+        records = [r for r in records if record_key(r) not in excluded]
+    if not records:
+        raise ValueError(f"{folder}: no image is left after the exclusion list {exclude_file}.")
+    source = ImageSource(folder, records, _file_reader([r.path for r in records]))
+    return preload(source, image_size, progress=False)[0]
 
 
 def train_pairs(config, source: ImageSource):

@@ -61,6 +61,19 @@ def _distances(x: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
     return 1.0 - (rows @ x) / np.where(norms > 0, norms, 1.0)
 
 
+def _check_meaningful(gallery_ids: np.ndarray, known: np.ndarray) -> None:
+    """1-NN among one identity is always right, and with no shared identity never
+    measurable: both would print a number that means nothing."""
+    if len(set(gallery_ids)) < 2:
+        raise ValueError(f"the gallery holds {len(set(gallery_ids))} identity: 1-NN among one "
+                         "identity is right by construction. Evaluate on at least two "
+                         "identities (and probes of them).")
+    if not known.any():
+        raise ValueError("no probe's identity is in the gallery, so no probe can be "
+                         "identified: check that the gallery and probe folders name the same "
+                         "people (folder names must match).")
+
+
 class Identification:
     """1-NN identification of an Assignment's probes against its gallery."""
 
@@ -86,6 +99,7 @@ class Identification:
         probe_ids = np.asarray([r.identity for r in a.probes], dtype=object)
         correct = gallery_ids[nearest] == probe_ids
         known = np.isin(probe_ids, gallery_ids)
+        _check_meaningful(gallery_ids, known)
         sources = {(r.identity, r.source) for r in a.gallery}
         leaked = np.asarray([(r.identity, r.source) in sources for r in a.probes], bool)
         true_nearest = self._true_nearest(gallery, probes, gallery_ids, probe_ids,
