@@ -269,6 +269,7 @@ def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_
     from bt_jax.data.folder import load_images, scan_folder
 
     config = load_config("mlfw_facenet")
+    config.model.bn_mode = "recalibrate"  # train-mode BN: batch statistics
     config.init, config.data.trunk_cache_dir = converted[0], str(tmp_path)
     records = scan_folder(MLFW_VAL)
     records = [records[i] for i in np.random.default_rng(0).permutation(len(records))[:1152]]
