@@ -85,7 +85,8 @@ def test_identities_with_one_image_are_skipped_with_warning(tiny, tmp_path):
 def test_empty_data_folder_exits_with_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = _run_script(tmp_path, "--config.data.source=folder",
-                       f"--config.data.train_dir={tmp_path / 'empty'}")
+                       f"--config.data.train_dir={tmp_path / 'empty'}",
+                       f"--config.data.val_dir={tmp_path / 'empty'}")
     assert proc.returncode != 0
     assert "empty" in proc.stderr and "_SSSS_VVVV.jpg" in proc.stderr
 

@@ -226,7 +226,7 @@ def test_batches_shapes_and_exact_resume(synth_data):
     assert len(resumed) == 1
     np.testing.assert_array_equal(resumed[0][0], full[3][0])
     np.testing.assert_array_equal(resumed[0][1], full[3][1])
-    with pytest.raises(ValueError, match=r"24 pairs per epoch.*global_batch=25"):
+    with pytest.raises(ValueError, match=r"24 pairs per epoch.*batch_size=25"):
         data.steps_per_epoch(25)
 
 
