@@ -2,7 +2,7 @@
 # Tuning of configs/mlfw_facenet.py on a held-out 10% of the *train* identities (fixed by
 # config.seed; val untouched), one change per run, then the recipe on all of train
 # evaluated on val, with zero-shot, raw pixels and PowerSGD rank 4 beside it
-# (docs/results.md). About 12 min a run on 2 cores after the one-off trunk cache (~7 min
+# (docs/results.md). About 11 min a run on 2 cores after the one-off trunk cache (~4 min
 # for train). Finished runs are skipped, so an interrupted script picks up where it stopped.
 #
 #   bash scripts/mlfw_facenet_ablations.sh tune    # runs/facenet_tune/<name>
