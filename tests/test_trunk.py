@@ -25,10 +25,10 @@ def _random_variables(seed=0):
     model = tiny_inception_resnet()
     variables = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)))
     rng = np.random.default_rng(seed)
-    stats = {k: v for k, v in variables["batch_stats"].items()}
     stats = jax.tree_util.tree_map_with_path(
         lambda p, x: (np.asarray(x) * rng.uniform(0.5, 2.0, x.shape) if p[-1].key == "var"
-                      else rng.normal(0, 0.1, x.shape)).astype(np.float32), stats)
+                      else rng.normal(0, 0.1, x.shape)).astype(np.float32),
+        variables["batch_stats"])
     return {"params": jax.tree.map(np.asarray, variables["params"]), "batch_stats": stats}
 
 
