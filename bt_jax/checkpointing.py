@@ -9,6 +9,8 @@ import tempfile
 import warnings
 from typing import Any, Callable, Optional
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -141,6 +143,33 @@ class Checkpointer:
             finally:
                 self.latest.close()
                 self.best.close()
+
+
+def restore_variables(workdir: str, template: Any) -> tuple:
+    """(params and batch_stats of the newest readable checkpoint of ``workdir``, its step).
+
+    A partial restore: ``template`` ({'params', 'batch_stats'} shapes) names the only
+    parts read, so optimizer moments and per-device reducer state stay on disk. Read-only:
+    an unreadable step is skipped with a warning, not moved aside as resuming does.
+    """
+    folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), template)
+    manager = ocp.CheckpointManager(folder)
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+                    item=template, restore_args=restore_args, partial_restore=True))
+                return restored, step
+            except Exception as e:  # noqa: BLE001 (what a damaged folder raises varies)
+                if _is_structure_mismatch(e):
+                    raise
+                warnings.warn(f"checkpoint of step {step} in {folder} cannot be read "
+                              f"({_first_line(e)[:200]}); trying the previous one.",
+                              stacklevel=2)
+    finally:
+        manager.close()
+    return None, None
 
 
 def _first_line(error: Exception) -> str:

@@ -125,9 +125,8 @@ def base_config() -> config_dict.ConfigDict:
     config.train.checkpoint_every_steps = 0  # 0: only at the end of each epoch
     config.train.keep_checkpoints = 2
     config.train.progress = True
-    # 1-NN accuracy on the eval identities every this many epochs (a learning curve in
-    # metrics.jsonl); 0: only the final evaluation.
-    config.train.knn_every_epochs = 0
+
+    config.evals = evals_config()
 
     # 'scratch' for random initialisation, or a folder written by scripts/convert_weights.py.
     config.init = "converted_weights/vggface2_resnet50_ft"
@@ -138,6 +137,30 @@ def base_config() -> config_dict.ConfigDict:
     config.eval.metric = "cosine"  # or 'euclidean'
     config.eval.seed = 0
     return config
+
+
+def _eval(kind: str, *, every_epochs: int = 0, at: str = "") -> config_dict.ConfigDict:
+    return config_dict.ConfigDict({"kind": kind, "every_epochs": every_epochs, "at": at})
+
+
+def evals_config() -> config_dict.ConfigDict:
+    """What the training loop evaluates, and when (bt_jax/evaluators.py).
+
+    Each entry: ``kind`` ('identification': 1-NN on the eval identities; 'val_loss': the
+    Barlow Twins loss on fixed val pairs; 'raw_pixels': 1-NN on pixels, no network), and
+    a schedule: ``every_epochs`` N (after every Nth epoch, logged to metrics.jsonl as
+    ``<name>_<metric>``) or ``at`` 'start' (the untrained network, also when resuming)
+    or 'end'; those go to results.json under ``<name>``. ``val_loss`` also picks the
+    best checkpoint.
+    """
+    return config_dict.ConfigDict({
+        "untrained": _eval("identification", at="start"),
+        "val": _eval("val_loss", every_epochs=1),
+        # A learning curve: 1-NN every N epochs; 0 turns it off.
+        "knn": _eval("identification", every_epochs=0),
+        "trained": _eval("identification", at="end"),
+        "raw_pixels": _eval("raw_pixels", at="end"),
+    })
 
 
 def mild_face_augment(config: config_dict.ConfigDict) -> config_dict.ConfigDict:

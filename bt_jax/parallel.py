@@ -77,3 +77,47 @@ def shard(batch, num_devices: int):
             raise ValueError(f"a batch of {x.shape[0]} does not split over {num_devices} devices")
         return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
     return jax.tree.map(split, batch)
+
+
+def prefetch_to_devices(batches, mesh: Mesh, size: int):
+    """Yield ``batches`` (host arrays, leading axis = ``mesh``'s devices) as jax.Arrays
+    already on those devices, ``size`` ahead: a background thread gathers or decodes
+    and copies the next batches while the current step runs. The one way training
+    batches reach the devices, whichever loader made them.
+
+    An error while making a batch is raised here, in order; closing the generator
+    (the loop stopped early) stops the thread after the batch it is on.
+    """
+    import queue
+    import threading
+
+    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    ahead, stop, end = queue.Queue(maxsize=max(1, size)), threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for batch in batches:
+                if not put(jax.device_put(batch, sharding)):
+                    return
+            put(end)
+        except BaseException as error:  # noqa: BLE001 (re-raised in the consumer)
+            put(error)
+
+    thread = threading.Thread(target=produce, name="prefetch_to_devices", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,8 +1,9 @@
-"""Barlow Twins training under ``jax.pmap``: the per-device step and the host loop.
+"""Barlow Twins training under ``jax.pmap``: the per-device steps and the host loop.
 
-The per-device functions (``train_step``, ``eval_step``, ``embed_step``) are pure and
-talk to other devices only over ``AXIS``; ``compile_steps`` applies ``pmap`` to them in
-one place. ``train_and_evaluate`` is the host loop that the scripts call.
+The per-device functions (``train_step``, ``eval_step``, and ``embedding.embed_step``)
+are pure and talk to other devices only over ``AXIS``; ``compile_steps`` applies
+``pmap`` to them in one place. ``train_and_evaluate`` is the host loop that the scripts
+call.
 """
 
 from __future__ import annotations
@@ -23,48 +24,23 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bt_jax import (distributed, evaluation, optim, parallel, preprocess, reducers, run_config,
-                    trunk)
+from bt_jax import (distributed, embedding, evaluators, optim, parallel, preprocess, reducers,
+                    run_config, trunk)
 from bt_jax.checkpointing import Checkpointer
 from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
-from bt_jax.models import ARCHS, BarlowTwins, Projector, create_backbone, parse_projector_sizes
 from bt_jax.models import inception_resnet
 from bt_jax.models.resnet import BN_EPSILON
 from bt_jax.parallel import AXIS
-from bt_jax.pretrained import load_pretrained
 from bt_jax.train_state import TrainState
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def create_model(config, axis_name=None) -> BarlowTwins:
-    """The Barlow Twins model of ``config.model``; ``axis_name`` syncs its BatchNorm."""
-    m = config.model
-    if m.arch not in ARCHS or m.dtype not in DTYPES:
-        raise ValueError(f"config.model.arch={m.arch!r} / dtype={m.dtype!r}: arch must be one "
-                         f"of {sorted(ARCHS)} and dtype one of {sorted(DTYPES)}.")
-    dtype = DTYPES[m.dtype]
-    backbone = create_backbone(m.arch, m.pool_window, dtype=dtype, axis_name=axis_name,
-                               **trunk.head_settings(config))
-    projector = Projector(parse_projector_sizes(m.projector), dtype=dtype, axis_name=axis_name)
-    return BarlowTwins(backbone, projector)
-
 
 # ----------------------------------------------------------------------------------------
 # Per-device steps: pure functions of their arguments, collectives only over AXIS.
 
 
-def network_input(images, config):
-    """What the network takes: normalised images, or a frozen trunk's cached activations."""
-    if trunk.is_frozen(config):
-        return images.astype(jnp.float32)
-    return preprocess.normalize(images, config.data.normalization)
-
-
 def _views(state, views, config):
     if trunk.is_frozen(config):  # image augmentation belongs to the trunk's input
-        return network_input(views[0], config), network_input(views[1], config)
+        return tuple(embedding.network_input(v, config) for v in views)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
     k1, k2 = jax.random.split(rng)
     norm = config.data.normalization
@@ -104,18 +80,15 @@ def apply_gradients(state: TrainState, loss, grads, batch_stats, *, tx, reducer)
 def eval_step(state: TrainState, views, mask, *, model, config):
     """Validation loss on a padded slice: BN in inference mode, padding masked out."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    z1, z2 = model.apply(variables, network_input(views[0], config),
-                         network_input(views[1], config), train=False)
+    z1, z2 = model.apply(variables, embedding.network_input(views[0], config),
+                         embedding.network_input(views[1], config), train=False)
     loss = barlow_twins_loss(z1, z2, lambd=config.loss.lambd, axis_name=AXIS, mask=mask)
     return loss, jax.lax.psum(jnp.sum(mask), AXIS)
 
 
-def embed_step(state: TrainState, images, *, model, config):
-    """Backbone features or projector embeddings of a slice of uint8 images."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    x = network_input(images, config)
-    method = BarlowTwins.embed if config.eval.embedding == "projector" else BarlowTwins.features
-    return model.apply(variables, x, train=False, method=method).astype(jnp.float32)
+def network_variables(state: TrainState):
+    """What the network reads of a state: the embedding step needs nothing else."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class Steps(NamedTuple):
@@ -126,13 +99,13 @@ class Steps(NamedTuple):
 
 def compile_steps(config, tx, reducer) -> Steps:
     """pmap the per-device steps over AXIS; the train step donates its state."""
-    model = create_model(config, axis_name=AXIS)
+    model = embedding.create_model(config, axis_name=AXIS)
     train = functools.partial(train_step, model=model, tx=tx, reducer=reducer, config=config)
     evals = functools.partial(eval_step, model=model, config=config)
-    embed = functools.partial(embed_step, model=model, config=config)
     pmap = functools.partial(jax.pmap, axis_name=AXIS,
                              devices=parallel.pmap_devices(config.num_devices))
-    return Steps(pmap(train, donate_argnums=(0,)), pmap(evals), pmap(embed))
+    return Steps(pmap(train, donate_argnums=(0,)), pmap(evals),
+                 embedding.compile_embed(config, model))
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,20 +139,13 @@ def group_rates(config):
 
 def initial_state(config, tx, reducer) -> TrainState:
     """A fresh host-side TrainState, from converted weights unless init is 'scratch'."""
-    rng = jax.random.PRNGKey(config.seed)
-    dummy = np.zeros((2,) + trunk.input_shape(config), np.float32)
-    variables = jax.jit(functools.partial(create_model(config).init, train=False))(
-        jax.random.fold_in(rng, 1), dummy, dummy)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    if config.init != "scratch":
-        params, batch_stats = load_pretrained(config.init, params, batch_stats,
-                                              head_only=trunk.is_frozen(config))
-    params = jax.tree.map(np.asarray, params)
+    variables = embedding.initial_variables(config)
+    params = variables["params"]
     return TrainState(step=np.zeros((), np.int32), params=params,
-                      batch_stats=jax.tree.map(np.asarray, batch_stats),
+                      batch_stats=variables["batch_stats"],
                       opt_state=jax.tree.map(np.asarray, tx.init(params)),
                       reducer_state=_per_device(reducer.init(params), config.num_devices),
-                      rng=np.asarray(jax.random.fold_in(rng, 2)))
+                      rng=np.asarray(jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)))
 
 
 # Inputs that set the running statistics of config.model.bn_mode='recalibrate'.
@@ -195,10 +161,10 @@ def recalibrated(config, state: TrainState, data: Data) -> TrainState:
                          "memory: set config.data.loader='preload' or freeze a trunk.")
     rng = np.random.default_rng(config.seed)
     pick = np.sort(rng.permutation(len(inputs))[:RECALIBRATION_INPUTS])
-    x = network_input(jnp.asarray(inputs[pick]), config)
+    x = embedding.network_input(jnp.asarray(inputs[pick]), config)
     eps = inception_resnet.BN_EPSILON if config.model.arch in trunk.INCEPTION_ARCHS else BN_EPSILON
-    params, batch_stats = trunk.recalibrate_batchnorm(create_model(config), state.params,
-                                                      state.batch_stats, x, eps)
+    params, batch_stats = trunk.recalibrate_batchnorm(
+        embedding.create_model(config), state.params, state.batch_stats, x, eps)
     return state.replace(params=params, batch_stats=batch_stats)
 
 
@@ -241,6 +207,7 @@ def check_config(config) -> None:
                          "delete every checkpoint as soon as it is written; keep at least 1.")
     preprocess.check_normalization(config.data.normalization)
     trunk.check_split(config)
+    evaluators.check_schedule(config)
 
 
 class Data(NamedTuple):
@@ -295,58 +262,6 @@ def _frozen_data(config, train_source, val, eval_source) -> Data:
     train = folder.PairDataset(records, acts, seed=config.seed, pairs_per_identity=sampler)
     pairs = folder.PairDataset(val[0], val_acts, seed=config.seed, pairs_per_identity=sampler)
     return Data(train, pairs, evals[1], evals[0], evals[2])
-
-
-def _padded_batches(arrays, batch_size: int):
-    """Yield (chunk, mask) with every chunk padded to ``batch_size``: nothing is dropped."""
-    total = len(arrays[0]) if isinstance(arrays, tuple) else len(arrays)
-    for start in range(0, total, batch_size):
-        def pad(a):
-            part = a[start:start + batch_size]
-            return np.concatenate([part, np.zeros((batch_size - len(part),) + part.shape[1:],
-                                                  part.dtype)])
-        chunk = tuple(pad(a) for a in arrays) if isinstance(arrays, tuple) else pad(arrays)
-        mask = (np.arange(batch_size) < total - start).astype(np.float32)
-        yield chunk, mask
-
-
-def shard_views(view1: np.ndarray, view2: np.ndarray, num_devices: int) -> np.ndarray:
-    """Two (B, H, W, 3) views -> (devices, 2, B / devices, H, W, 3)."""
-    return np.swapaxes(parallel.shard(np.stack([view1, view2], axis=1), num_devices), 1, 2)
-
-
-def local_views(view1: np.ndarray, view2: np.ndarray, config) -> np.ndarray:
-    """This process's slice of a global pair batch, laid out for its devices."""
-    rows = distributed.process_rows
-    return shard_views(rows(view1), rows(view2), parallel.local_count(config.num_devices))
-
-
-def compute_embeddings(steps: Steps, state, images: np.ndarray, config) -> np.ndarray:
-    """Embeddings of all ``images``, padded to one compiled batch shape and un-padded.
-
-    Each process embeds its slice of every batch; the slices are gathered back in order.
-    """
-    n, out = parallel.local_count(config.num_devices), []
-    for chunk, mask in _padded_batches(images, config.eval.batch_size):
-        emb = parallel.local_values(
-            steps.embed(state, parallel.shard(distributed.process_rows(chunk), n)))
-        emb = distributed.gather_rows(emb.reshape(-1, emb.shape[-1]))
-        out.append(emb[mask > 0])
-    return np.concatenate(out)
-
-
-def validation_loss(steps: Steps, state, val: folder.PairDataset, config) -> float:
-    """Mean Barlow Twins loss over fixed validation pairs, weighted by real examples."""
-    pairs = val.epoch_pairs(0)
-    views = (val.images[pairs[:, 0]], val.images[pairs[:, 1]])
-    total, count = 0.0, 0.0
-    for (v1, v2), mask in _padded_batches(views, config.eval.batch_size):
-        loss, n = steps.eval(state, local_views(v1, v2, config), parallel.shard(
-            distributed.process_rows(mask), parallel.local_count(config.num_devices)))
-        n_real = float(parallel.local_values(n)[0])
-        total += float(parallel.local_values(loss)[0]) * n_real
-        count += n_real
-    return total / count
 
 
 class MetricsWriter:
@@ -495,81 +410,92 @@ class StepLog:
             self.writer.write(record)
 
 
-def run_training(config, workdir, state, steps: Steps, data: Data, schedule, ckpt,
-                 stop: StopRequest) -> Any:
-    """The step loop from ``state.step`` to the end; returns the final replicated state."""
-    batch = config.optim.batch_size
-    per_epoch = data.train.steps_per_epoch(batch)
+class Loop(NamedTuple):
+    """What the step loop carries from step to step."""
+    config: Any
+    run: Any  # Run
+    ckpt: Checkpointer
+    stop: StopRequest
+    log: StepLog
+    bar: Any
+    per_epoch: int
+
+
+def run_training(config, workdir, state, run, ckpt, stop: StopRequest) -> Any:
+    """The step loop from ``state.step`` to the end; returns the final replicated state.
+
+    Step, log, evaluate what is due, checkpoint. Batches come laid out for the devices
+    and already on them (``parallel.prefetch_to_devices``), whichever the loader.
+    """
+    batch, devices = config.optim.batch_size, parallel.local_count(config.num_devices)
+    per_epoch = run.data.train.steps_per_epoch(batch)
     total = config.train.epochs * per_epoch
     step = int(parallel.unreplicate(state.step))
     comm = reducers.communication(config, parallel.unreplicate(state.params))
-    log = StepLog(workdir, schedule, config, step, comm)
+    log = StepLog(workdir, run.schedule, config, step, comm)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (config.train.progress and distributed.is_primary()))
+    loop = Loop(config, run, ckpt, stop, log, bar, per_epoch)
     stop.looping = True
     with bar:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
-            for view1, view2 in data.train.batches(epoch, batch, start_step=offset):
-                # The training data yields this process's rows of each global batch already.
-                state, metrics = steps.train(state, shard_views(
-                    view1, view2, parallel.local_count(config.num_devices)))
+            host = run.data.train.batches(epoch, batch, start_step=offset, devices=devices)
+            for views in parallel.prefetch_to_devices(host, run.mesh, config.data.prefetch):
+                state, metrics = run.steps.train(state, views)
                 step += 1
                 log.add(metrics)
                 bar.update(1)
-                _after_step(config, state, steps, data, ckpt, log, bar, stop, epoch, step,
-                            end_of_epoch=step % per_epoch == 0)
+                _after_step(loop, state, step)
     return state
 
 
-def _after_step(config, state, steps, data, ckpt, log, bar, stop, epoch, step, end_of_epoch):
-    """Logging, validation and checkpoints due after ``step``; raises Preempted on a signal."""
-    if log.due() or end_of_epoch:
-        record = log.flush(epoch)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=epoch)
-    stopping = stop.should_stop()
-    every = config.train.checkpoint_every_steps
+def _after_step(loop: Loop, state, step: int) -> None:
+    """Log, evaluate what is due, checkpoint; raises Preempted on a signal."""
+    epoch, end_of_epoch = (step - 1) // loop.per_epoch, step % loop.per_epoch == 0
+    if loop.log.due() or end_of_epoch:
+        record = loop.log.flush(epoch)
+        loop.bar.set_postfix(loss=f"{record['loss']:.3f}", epoch=epoch)
+    stopping = loop.stop.should_stop()
+    every = loop.config.train.checkpoint_every_steps
     if end_of_epoch:
-        _end_epoch(config, state, steps, data, ckpt, log, epoch, step)
+        metrics = _evaluate_epoch(loop, state, epoch, step)
+        loop.ckpt.save(step, state_to_host(state), val_loss=metrics.get("val_loss"))
     elif stopping or (every and step % every == 0):
-        log.flush(epoch)
-        ckpt.save(step, state_to_host(state))
+        loop.log.flush(epoch)
+        loop.ckpt.save(step, state_to_host(state))
     if stopping:
         raise Preempted(f"stopped by a signal after step {step}; the checkpoint is saved. "
-                        "Run the same command again to resume.", stop.exit_code())
+                        "Run the same command again to resume.", loop.stop.exit_code())
 
 
-def _end_epoch(config, state, steps, data, ckpt, log, epoch, step) -> None:
-    val_loss = validation_loss(steps, state, data.val, config)
-    if not math.isfinite(val_loss):
-        raise FloatingPointError(f"validation loss is {val_loss} after step {step}.")
-    record = {"epoch": epoch, "step": step, "val_loss": val_loss}
-    every = config.train.knn_every_epochs
-    if every and (epoch + 1) % every == 0 and epoch + 1 < config.train.epochs:
-        # A learning curve of the end-of-run evaluation; the last epoch gets the full one.
-        record["knn_accuracy"] = _identification(config, steps, state, data)["accuracy"]
-    log.write(record)
-    ckpt.save(step, state_to_host(state), val_loss=val_loss)
-    if distributed.is_primary():
-        knn = f"  1-NN {100 * record['knn_accuracy']:.2f}%" if "knn_accuracy" in record else ""
-        tqdm.write(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  "
-                   f"val_loss {val_loss:.4f}{knn}")
-
-
-def _identification(config, steps, state, data) -> Dict[str, float]:
-    embed = functools.partial(compute_embeddings, steps, state, config=config)
-    return evaluation.identification_report(embed, data.eval_inputs, data.eval_records,
-                                            config.eval.metric)
+def _evaluate_epoch(loop: Loop, state, epoch: int, step: int) -> Dict[str, float]:
+    """The evaluations due after ``epoch``, written to metrics.jsonl and printed."""
+    try:
+        metrics = loop.run.evals.after_epoch(state, epoch + 1)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"{e} after step {step}.") from None
+    if not metrics:
+        return metrics
+    loop.log.write({"epoch": epoch, "step": step, **metrics})
+    shown = "  ".join(f"{k} {100 * v:.2f}%" if k.endswith("_accuracy") else f"{k} {v:.4f}"
+                      for k, v in metrics.items() if isinstance(v, float))
+    _say(f"epoch {epoch + 1}/{loop.config.train.epochs}  step {step}  {shown}")
+    return metrics
 
 
 def format_results(results: Dict[str, Any]) -> str:
-    """A short table of the 1-NN accuracies that train_and_evaluate returns."""
-    first = results["trained"]
+    """A short table of the 1-NN accuracies that train_and_evaluate returns (each
+    identification report among the start and end evaluations)."""
+    reports = {k: v for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
+    if not reports:
+        return "no identification was declared in config.evals"
+    first = reports.get("trained", next(iter(reports.values())))
     lines = [f"1-NN identification on {first['identities']} held-out identities "
              f"({first['gallery']} gallery, {first['probes']} probe images, "
              "no source photo on both sides):"]
-    for name in ("trained", "untrained", "raw_pixels"):
-        lines.append(f"  {name.replace('_', ' '):<12} {100 * results[name]['accuracy']:6.2f}%")
+    for name in sorted(reports, key=lambda n: (n != "trained", n != "untrained", n)):
+        lines.append(f"  {name.replace('_', ' '):<12} {100 * reports[name]['accuracy']:6.2f}%")
     return "\n".join(lines)
 
 
@@ -610,12 +536,14 @@ def _resume_check(config, workdir: str) -> None:
 
 
 class Run(NamedTuple):
-    """What start-up builds: the devices, data, schedule, compiled steps, a fresh state."""
+    """What start-up builds: the devices, data, schedule, compiled steps, a fresh state
+    and the evaluations of config.evals."""
     mesh: Any
     data: Data
     schedule: Any
     steps: Steps
     fresh: TrainState
+    evals: evaluators.Evals
 
 
 def set_up(config, workdir: str) -> Run:
@@ -631,32 +559,35 @@ def set_up(config, workdir: str) -> Run:
     fresh = initial_state(config, tx, reducer)
     if config.model.bn_mode == "recalibrate":
         fresh = recalibrated(config, fresh, data)
-    return Run(mesh, data, schedule, compile_steps(config, tx, reducer), fresh)
+    steps = compile_steps(config, tx, reducer)
+    return Run(mesh, data, schedule, steps, fresh, evaluators.Evals(config, steps, data))
 
 
 def _train(config, workdir: str, run: Run, ckpt: Checkpointer, stop: StopRequest):
-    """(untrained, trained) 1-NN reports around the training loop."""
+    """The start evaluations (on the untrained network, also when resuming), the loop,
+    the end evaluations: {name: report} of both."""
     restored = ckpt.restore_latest(run.fresh)
     start = run.fresh if restored is None else restored
     _say(f"resuming from step {int(restored.step)} in {workdir}" if restored is not None
          else f"training from step 0 in {workdir}")
-    untrained = _identification(config, run.steps, state_to_devices(run.fresh, run.mesh),
-                                run.data)
-    _say(f"untrained network: 1-NN accuracy {100 * untrained['accuracy']:.2f}%")
+    results = run.evals.at("start", state_to_devices(run.fresh, run.mesh))
+    for name, report in results.items():
+        _say(f"{name} (step 0): 1-NN accuracy {100 * report['accuracy']:.2f}%")
     try:
-        state = run_training(config, workdir, state_to_devices(start, run.mesh), run.steps,
-                             run.data, run.schedule, ckpt, stop)
+        state = run_training(config, workdir, state_to_devices(start, run.mesh), run, ckpt,
+                             stop)
     except FloatingPointError as e:  # say what is really on disk
         rates = ("config.optim.lr" if config.optim.name == "adamw"
                  else "config.optim.lr_weights, config.optim.lr_biases")
         raise FloatingPointError(f"{e} {ckpt.kept()}. Lower the learning rates ({rates}) "
                                  "or check the data.") from None
-    return untrained, _identification(config, run.steps, state, run.data)
+    return {**results, **run.evals.at("end", state)}
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-    """Train Barlow Twins (resuming from ``workdir`` when it holds checkpoints), then
-    report 1-NN identification for the trained network, the untrained one and raw pixels."""
+    """Train Barlow Twins (resuming from ``workdir`` when it holds checkpoints), with the
+    evaluations of config.evals (by default 1-NN identification of the untrained and the
+    trained network and of raw pixels); returns and writes {name: report}."""
     check_config(config)
     preflight(config, workdir)
     with StopRequest() as stop:
@@ -665,12 +596,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         run = set_up(config, workdir)
         ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
         try:
-            untrained, trained = _train(config, workdir, run, ckpt, stop)
+            results = _train(config, workdir, run, ckpt, stop)
         finally:
             ckpt.close()
-    raw = evaluation.identification_report(evaluation.raw_pixels, run.data.eval_images,
-                                           run.data.eval_records, config.eval.metric)
-    results = {"trained": trained, "untrained": untrained, "raw_pixels": raw}
     if distributed.is_primary():
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

@@ -31,5 +31,5 @@ def get_config():
     config.optim.warmup_epochs = 1
     # Longer runs scored lower on val (docs/results.md): 10 epochs, 320 steps, ~4 min.
     config.train.epochs = 10
-    config.train.knn_every_epochs = 2
+    config.evals.knn.every_epochs = 2
     return mild_face_augment(config)

@@ -31,6 +31,6 @@ def get_config():
     config.optim.batch_size = 256
     config.optim.warmup_epochs = 1
     config.train.epochs = 10
-    config.train.knn_every_epochs = 2
+    config.evals.knn.every_epochs = 2
     config.eval.batch_size = 256
     return config

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from bt_jax import parallel, reducers, train  # noqa: E402
+from bt_jax.data.pairs import device_layout  # noqa: E402
 from bt_jax.config import base_config  # noqa: E402
 from bt_jax.powersgd import compression_stats  # noqa: E402
 
@@ -67,7 +68,7 @@ def _runner(reducer: str, mesh):
     rng = np.random.default_rng(0)  # the same batch for both reducers
     shape = (config.optim.batch_size, config.data.image_size, config.data.image_size, 3)
     v1, v2 = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
-    views = train.shard_views(v1, v2, config.num_devices)
+    views = device_layout(np.stack([v1, v2], axis=1), config.num_devices)
 
     def step():
         start = time.perf_counter()

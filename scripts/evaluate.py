@@ -130,16 +130,16 @@ def _embedder(config):
         if _WORKDIR.value or _INIT.value:
             raise ValueError("--raw_pixels evaluates no network: drop --workdir/--init.")
         return raw_pixels, "raw pixels", {"embedding": "raw_pixels"}
-    from bt_jax.evaluation import network  # imports the trainer: only when needed
+    from bt_jax.evaluation import network  # builds a model: only when one is evaluated
 
-    state = network.load_state(config, workdir=_WORKDIR.value, init=_INIT.value)
+    loaded = network.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
     if _WORKDIR.value:
-        weights = f"checkpoint {_WORKDIR.value} step {int(state.step)}"
+        weights = f"checkpoint {_WORKDIR.value} step {loaded.step}"
     else:
         init = _INIT.value or config.init
         weights = f"untrained (seed {config.seed})" if init == "scratch" else f"init {init}"
     title = f"{config.model.arch} {config.eval.embedding}, {weights}"
-    return (network.NetworkEmbedder(config, state), title,
+    return (network.NetworkEmbedder(config, loaded.variables), title,
             {"embedding": config.eval.embedding, "weights": weights,
              "model": config.model.to_dict(), "image_size": config.data.image_size,
              "normalization": config.data.normalization})

@@ -166,24 +166,47 @@ def test_stream_matches_preloaded_batches_and_resumes_exactly(synth):
                             process_index=0, process_count=1)
     expected, got = list(preloaded.batches(1, 6)), list(stream.batches(1, 6))
     assert len(got) == stream.steps_per_epoch(6) == len(expected) == 27 // 6
-    for (e1, e2), (g1, g2) in zip(expected, got):
-        assert g1.shape == (6, 32, 32, 3) and g1.dtype == np.uint8
-        np.testing.assert_array_equal(g1, e1)
-        np.testing.assert_array_equal(g2, e2)
+    for e, g in zip(expected, got):
+        assert g.shape == (1, 2, 6, 32, 32, 3) and g.dtype == np.uint8
+        np.testing.assert_array_equal(g, e)
     resumed = list(stream.batches(1, 6, start_step=2))
-    np.testing.assert_array_equal(resumed[0][1], got[2][1])
+    np.testing.assert_array_equal(resumed[0], got[2])
 
 
-def test_sharded_batches_have_the_train_step_layout(synth):
-    stream = StreamingPairs(_folder_source(synth), 32, seed=0, mode="all_pairs",
+def test_both_loaders_feed_the_devices_one_layout_through_one_prefetch(synth):
+    """Device d's slice of a batch holds pairs d*b..(d+1)*b-1 of the host batch: view 1
+    at [d, 0], view 2 at [d, 1]; preloaded and streamed batches arrive identical."""
+    source = _folder_source(synth)
+    stream = StreamingPairs(source, 32, seed=0, mode="all_pairs",
                             process_index=0, process_count=1)
+    preloaded = PairDataset(*sources.preload(source, 32, progress=False), seed=0,
+                            pairs_per_identity="all_pairs", process_index=0, process_count=1)
     mesh = parallel.device_mesh(8)
-    batch = next(stream.sharded_batches(0, 16, mesh))
-    assert isinstance(batch, jax.Array) and batch.shape == (8, 2, 2, 32, 32, 3)
-    v1, v2 = next(stream.batches(0, 16))
-    from bt_jax.train import shard_views
+    fed = [parallel.prefetch_to_devices(d.batches(0, 16, devices=8), mesh, 2)
+           for d in (stream, preloaded)]
+    pairs = stream.host_pairs(0, 16)[0]
+    for got in (next(fed[0]), next(fed[1])):
+        assert isinstance(got, jax.Array) and got.shape == (8, 2, 2, 32, 32, 3)
+        assert len(got.sharding.device_set) == 8
+        for d in range(8):
+            np.testing.assert_array_equal(got[d, 0], preloaded.images[pairs[2 * d:2 * d + 2, 0]])
+            np.testing.assert_array_equal(got[d, 1], preloaded.images[pairs[2 * d:2 * d + 2, 1]])
 
-    np.testing.assert_array_equal(np.asarray(batch), shard_views(v1, v2, 8))
+
+def test_device_prefetch_raises_a_loader_error_in_order_and_stops_when_closed():
+    mesh = parallel.device_mesh(8)
+
+    def batches():
+        yield np.zeros((8, 1), np.float32)
+        raise RuntimeError("pairs in a row were unreadable")
+
+    fed = parallel.prefetch_to_devices(batches(), mesh, 2)
+    assert next(fed).shape == (8, 1)
+    with pytest.raises(RuntimeError, match="unreadable"):
+        next(fed)
+    endless = parallel.prefetch_to_devices(iter(lambda: np.ones((8, 1)), None), mesh, 1)
+    assert float(next(endless)[0, 0]) == 1.0
+    endless.close()  # the producer thread stops instead of filling memory
 
 
 def test_corrupt_jpeg_is_skipped_with_a_warning_and_counted(synth, tmp_path):
@@ -199,7 +222,7 @@ def test_corrupt_jpeg_is_skipped_with_a_warning_and_counted(synth, tmp_path):
         for epoch in range(3):
             batches = list(stream.batches(epoch, 8))
             assert len(batches) == stream.steps_per_epoch(8)
-            assert all(v.shape == (8, 32, 32, 3) for b in batches for v in b)
+            assert all(b.shape == (1, 2, 8, 32, 32, 3) for b in batches)
     assert len(stream.skipped) == 2 and any("0002_0001" in k for k in stream.skipped)
     assert sum("skipped unreadable" in str(w.message) for w in caught) == 2   # once a file
     with pytest.warns(UserWarning, match=r"skipped 2 unreadable images"):
@@ -289,8 +312,8 @@ def test_real_mlfw_val_folder_and_tfds_agree_and_stream(tmp_path):
         _same_examples(folder, tfds)
         stream = StreamingPairs(tfds, 112, seed=0, mode="source_aware", process_index=0,
                                 process_count=1)
-    v1, v2 = next(stream.batches(0, 64))
-    assert v1.shape == v2.shape == (64, 112, 112, 3) and not stream.skipped
+    assert next(stream.batches(0, 64)).shape == (1, 2, 64, 112, 112, 3)
+    assert not stream.skipped
     pairs = stream.epoch_pairs(0)
     assert all(folder.records[i].source != folder.records[j].source for i, j in pairs)
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import evaluation, parallel, train
+from bt_jax import embedding, evaluation, parallel, train
 from bt_jax.data import synthetic
 from bt_jax.data.folder import ImageRecord, scan_folder
 from bt_jax.evaluation import groups, knn, protocols, verification
@@ -96,56 +96,82 @@ def test_identification_report_keeps_the_training_interface():
     json.dumps(report)  # train.py writes it into results.json
 
 
-def _padding_steps(num_devices):
-    # Per image: the mean of each channel, a feature computable by hand.
-    return train.Steps(None, None, jax.pmap(lambda state, x: x.mean(axis=(1, 2)) + state,
-                                            axis_name=parallel.AXIS))
-
-
 def test_pmapped_embedding_pads_a_partial_batch_and_drops_the_padding(tiny):
     images = np.random.default_rng(0).integers(0, 255, (13, 4, 4, 3), np.uint8)  # 13 % 16
     mesh = parallel.device_mesh(tiny.num_devices)
-    state = parallel.replicate(np.float32(1.0), mesh)
-    got = train.compute_embeddings(_padding_steps(8), state, images, tiny)
+    offset = parallel.replicate(np.float32(1.0), mesh)
+    # Per image: the mean of each channel plus the offset, a feature computable by hand.
+    embed = jax.pmap(lambda off, x: x.mean(axis=(1, 2)) + off, axis_name=parallel.AXIS)
+    got = embedding.compute_embeddings(embed, offset, images, tiny)
     np.testing.assert_allclose(got, images.mean(axis=(1, 2)) + 1.0, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
-def scratch_state():
+def scratch():
     from conftest import tiny_config
     from bt_jax.evaluation import network
 
-    return network.load_state(tiny_config(), init="scratch")
+    return network.load_weights(tiny_config(), init="scratch")
 
 
-def test_network_embedder_is_independent_of_batching(tiny, scratch_state):
+def test_network_embedder_is_independent_of_batching(tiny, scratch):
     from bt_jax.evaluation import network
 
-    embed = network.NetworkEmbedder(tiny, scratch_state, progress=False)
+    embed = network.NetworkEmbedder(tiny, scratch.variables, progress=False)
     images = np.random.default_rng(1).integers(0, 255, (21, 32, 32, 3), np.uint8)
     whole = embed(images)  # 16 + a padded batch of 5
     parts = np.concatenate([embed(images[:3]), embed(images[3:])])
-    dim = train.create_model(tiny).backbone.feature_dim(tiny.data.image_size)
-    assert whole.shape == (21, dim)
+    dim = embedding.create_model(tiny).backbone.feature_dim(tiny.data.image_size)
+    assert whole.shape == (21, dim) and scratch.step is None
     np.testing.assert_allclose(whole, parts, rtol=1e-5, atol=1e-5)
 
 
-def test_load_state_restores_the_latest_checkpoint(tiny, scratch_state, tmp_path, monkeypatch):
+_EVALUATE_WITHOUT_TRAINER = """
+import sys, numpy as np
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from bt_jax.evaluation import network
+config = tiny_config()
+config.reducer.name = "powersgd"
+data = np.load(sys.argv[2])
+loaded = network.load_weights(config, workdir=sys.argv[1])
+got = network.NetworkEmbedder(config, loaded.variables, progress=False)(data["images"])
+np.testing.assert_allclose(got, data["expected"], rtol=1e-5, atol=1e-6)
+built = sorted(m for m in ("bt_jax.train", "bt_jax.optim", "bt_jax.reducers",
+                           "bt_jax.powersgd") if m in sys.modules)
+print("step", loaded.step, "built", built)
+"""
+
+
+def test_evaluator_reads_a_powersgd_checkpoint_without_building_optimizer_state(
+        tiny, tmp_path):
+    """A checkpoint holding LARS momentum and per-device PowerSGD buffers is evaluated by
+    a process that never imports the trainer, optimizer or reducers (partial restore)."""
+    from bt_jax import reducers
     from bt_jax.checkpointing import Checkpointer
     from bt_jax.evaluation import network
 
     with pytest.raises(FileNotFoundError, match="no checkpoints/ folder"):
-        network.load_state(tiny, workdir=str(tmp_path / "nothing"))
-    saved = scratch_state.replace(step=np.int32(7), params=jax.tree.map(
-        lambda x: x + 1.0, scratch_state.params))
-    ckpt = Checkpointer(str(tmp_path))
+        network.load_weights(tiny, workdir=str(tmp_path / "nothing"))
+    config = tiny.copy_and_resolve_references()
+    config.reducer.name = "powersgd"
+    tx, _ = train.make_optimizer(config, 4)
+    state = train.initial_state(config, tx, reducers.make_reducer(config))
+    assert jax.tree.leaves(state.reducer_state) and jax.tree.leaves(state.opt_state)
+    saved = state.replace(step=np.int32(7), params=jax.tree.map(lambda x: x + 0.01,
+                                                                state.params))
+    ckpt = Checkpointer(str(tmp_path / "run"))
     ckpt.save(7, saved)
     ckpt.close()
-    # The template is what initial_state would build; reuse it rather than recompile.
-    monkeypatch.setattr(train, "initial_state", lambda *args: scratch_state)
-    restored = network.load_state(tiny, workdir=str(tmp_path))
-    assert int(restored.step) == 7
-    assert jax.tree.all(jax.tree.map(np.array_equal, restored.params, saved.params))
+    images = np.random.default_rng(2).integers(0, 255, (5, 32, 32, 3), np.uint8)
+    expected = network.NetworkEmbedder(config, train.network_variables(saved),
+                                       progress=False)(images)
+    np.savez(tmp_path / "data.npz", images=images, expected=expected)
+    proc = subprocess.run([sys.executable, "-c", _EVALUATE_WITHOUT_TRAINER,
+                           str(tmp_path / "run"), str(tmp_path / "data.npz")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "step 7 built []"
 
 
 # -------------------------------------------------------------- protocols on a folder

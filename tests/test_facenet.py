@@ -265,7 +265,7 @@ def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_
     the inference-mode ones. Without it, the batch statistics pull them apart."""
     from configs_loader import load_config
 
-    from bt_jax import reducers, train, trunk
+    from bt_jax import embedding, trunk
     from bt_jax.data.folder import load_images, scan_folder
 
     config = load_config("mlfw_facenet")
@@ -275,10 +275,9 @@ def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_
     records = [records[i] for i in np.random.default_rng(0).permutation(len(records))[:1152]]
     x = jnp.asarray(trunk.Trunk(config, progress=False).compute(
         load_images(records, 160, progress=False)), jnp.float32)
-    tx, _ = train.make_optimizer(config, 1)
-    state = train.initial_state(config, tx, reducers.make_reducer(config))
-    model = train.create_model(config)
-    params, stats = trunk.recalibrate_batchnorm(model, state.params, state.batch_stats,
+    start = embedding.initial_variables(config)
+    model = embedding.create_model(config)
+    params, stats = trunk.recalibrate_batchnorm(model, start["params"], start["batch_stats"],
                                                 x[:896], 1e-3)
 
     def features(p, s, training):
@@ -286,9 +285,9 @@ def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_
                           method=model.features, mutable=["batch_stats"] if training else False)
         return out[0] if training else out
 
-    eval_mode = features(state.params, state.batch_stats, False)
+    eval_mode = features(start["params"], start["batch_stats"], False)
     np.testing.assert_allclose(features(params, stats, False), eval_mode, rtol=1e-3, atol=1e-3)
-    naive = _cosines(features(state.params, state.batch_stats, True), eval_mode)
+    naive = _cosines(features(start["params"], start["batch_stats"], True), eval_mode)
     recalibrated = _cosines(features(params, stats, True), eval_mode)
     print(f"train vs eval mode cosine, 256 faces: naive mean {naive.mean():.3f} "
           f"(min {naive.min():.3f}), recalibrated mean {recalibrated.mean():.4f} "

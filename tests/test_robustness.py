@@ -12,11 +12,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from bt_jax import reducers, train
-from bt_jax.checkpointing import CheckpointWriteError, Checkpointer
+from bt_jax.checkpointing import Checkpointer
 from conftest import tiny_config, tiny_flags
 from configs_loader import CONFIG_DIR
 
@@ -147,7 +146,7 @@ def small_disk(tmp_path):
 def test_a_real_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_path,
                                                                               small_disk):
     config = _folder_data(tiny_config(), tmp_path)
-    flags = [f"--config.data.source=folder", f"--config.data.train_dir={config.data.train_dir}",
+    flags = ["--config.data.source=folder", f"--config.data.train_dir={config.data.train_dir}",
              f"--config.data.val_dir={config.data.val_dir}",
              f"--config.data.eval_dir={config.data.eval_dir}",
              "--config.train.checkpoint_every_steps=1", "--config.train.keep_checkpoints=20"]

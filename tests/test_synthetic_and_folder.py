@@ -221,11 +221,13 @@ def test_batches_shapes_and_exact_resume(synth_data):
     assert data.steps_per_epoch(5) == 24 // 5
     full = list(data.batches(2, 5))
     assert len(full) == 4
-    assert all(v.shape == (5, 32, 32, 3) and v.dtype == np.uint8 for pair in full for v in pair)
+    assert all(b.shape == (1, 2, 5, 32, 32, 3) and b.dtype == np.uint8 for b in full)
+    pairs = data.host_pairs(2, 5)[0]
+    np.testing.assert_array_equal(full[0][0, 0], synth_data[1][pairs[:, 0]])
+    np.testing.assert_array_equal(full[0][0, 1], synth_data[1][pairs[:, 1]])
     resumed = list(data.batches(2, 5, start_step=3))
     assert len(resumed) == 1
-    np.testing.assert_array_equal(resumed[0][0], full[3][0])
-    np.testing.assert_array_equal(resumed[0][1], full[3][1])
+    np.testing.assert_array_equal(resumed[0], full[3])
     with pytest.raises(ValueError, match=r"24 pairs per epoch.*batch_size=25"):
         data.steps_per_epoch(25)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax import convert, train, trunk
+from bt_jax import convert, embedding, train, trunk
 from bt_jax.models import tiny_inception_resnet
 
 SIZE = 80
@@ -112,23 +112,21 @@ def test_recalibration_keeps_the_inference_function_and_aligns_batch_statistics(
     """After recalibration the eval-mode output is unchanged and a train-mode forward on
     the same inputs (batch statistics) gives nearly the same features."""
     frozen.model.bn_mode = "recalibrate"
-    tx, _ = train.make_optimizer(frozen, 1)
-    from bt_jax import reducers
-
-    state = train.initial_state(frozen, tx, reducers.make_reducer(frozen))
-    model = train.create_model(frozen)
+    start = embedding.initial_variables(frozen)
+    model = embedding.create_model(frozen)
     images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
     x = jnp.asarray(trunk.Trunk(frozen, progress=False).compute(images), jnp.float32)
-    params, stats = trunk.recalibrate_batchnorm(model, state.params, state.batch_stats, x, 1e-3)
+    params, stats = trunk.recalibrate_batchnorm(model, start["params"], start["batch_stats"],
+                                                x, 1e-3)
 
     def features(p, s, training):
         out = model.apply({"params": p, "batch_stats": s}, x, training,
                           method=model.features, mutable=["batch_stats"] if training else False)
         return np.asarray(out[0] if training else out)
 
-    before = features(state.params, state.batch_stats, False)
+    before = features(start["params"], start["batch_stats"], False)
     np.testing.assert_allclose(features(params, stats, False), before, rtol=1e-4, atol=1e-4)
-    naive = features(state.params, state.batch_stats, True)
+    naive = features(start["params"], start["batch_stats"], True)
     recal = features(params, stats, True)
     assert np.abs(recal - before).max() < 0.1 * np.abs(naive - before).max()
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bt_jax import parallel, reducers, train
+from bt_jax import embedding, parallel, reducers, train
+from bt_jax.data.pairs import device_layout
 from bt_jax.losses import barlow_twins_loss
 from bt_jax.models import BarlowTwins
 from bt_jax.models.resnet import BN_MOMENTUM
@@ -65,7 +66,7 @@ def fused_train_step(state, views, *, model, tx, reducer, config):
 
 def pmapped_step(config, tx, reducer, variant: Variant):
     """The variant's step under pmap, built the way ``train.compile_steps`` builds it."""
-    model = train.create_model(config, axis_name=AXIS)
+    model = embedding.create_model(config, axis_name=AXIS)
     body = fused_train_step if variant.fused else train.train_step
     step = functools.partial(body, model=model, tx=tx, reducer=reducer, config=config)
     return jax.pmap(step, axis_name=AXIS, devices=parallel.pmap_devices(config.num_devices),
@@ -85,7 +86,7 @@ def random_views(config, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     shape = (config.optim.batch_size, config.data.image_size, config.data.image_size, 3)
     v1, v2 = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
-    return train.shard_views(v1, v2, config.num_devices)
+    return device_layout(np.stack([v1, v2], axis=1), config.num_devices)
 
 
 class JaxStep:

@@ -148,12 +148,12 @@ def comm(spec) -> Dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from bt_jax import train
+    from bt_jax import embedding
     from bt_jax.powersgd import compression_stats
     config = _case(spec).config()
     size = config.data.image_size
     x = jnp.zeros((1, size, size, 3), jnp.float32)
-    init = functools.partial(train.create_model(config).init, train=False)
+    init = functools.partial(embedding.create_model(config).init, train=False)
     params = jax.eval_shape(init, jax.random.PRNGKey(0), x, x)["params"]
     out = {"params": None, "powersgd": {}}
     for rank in spec["ranks"]:

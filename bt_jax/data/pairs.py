@@ -215,6 +215,17 @@ class PairSampler:
         return pairs[:, index * local:(index + 1) * local]
 
 
+def device_layout(rows: np.ndarray, devices: int) -> np.ndarray:
+    """A host batch of pairs (n, 2, ...) -> (devices, 2, n / devices, ...), contiguous: the
+    layout the train step's pmap takes (each device's slice: its two views)."""
+    if len(rows) % devices:
+        raise ValueError(f"this host's batch of {len(rows)} pairs does not split over "
+                         f"{devices} devices; make config.optim.batch_size a multiple of "
+                         "the device count.")
+    split = rows.reshape((devices, len(rows) // devices) + rows.shape[1:])
+    return np.ascontiguousarray(np.swapaxes(split, 1, 2))
+
+
 def check_start_step(start_step: int, steps: int, global_batch: int) -> None:
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step={start_step} is outside 0..{steps} "
@@ -237,10 +248,10 @@ class PairDataset(PairSampler):
         self.images = images
         self.process_index, self.process_count = process_index, process_count
 
-    def batches(self, epoch: int, global_batch: int, *,
-                start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (view1, view2) uint8 (global_batch / process_count, S, S, 3) for the rest
-        of ``epoch``.
+    def batches(self, epoch: int, global_batch: int, *, start_step: int = 0,
+                devices: int = 1) -> Iterator[np.ndarray]:
+        """Yield this host's rows of each remaining batch of ``epoch`` as
+        (devices, 2, per_device, ...) (``device_layout``), gathered in one copy.
 
         ``start_step`` skips that many batches without gathering them, so a
         resumed run sees exactly the batches it would have seen.
@@ -250,4 +261,4 @@ class PairDataset(PairSampler):
         pairs = self.host_pairs(epoch, global_batch, process_index=self.process_index,
                                 process_count=self.process_count)
         for chosen in pairs[start_step:]:
-            yield self.images[chosen[:, 0]], self.images[chosen[:, 1]]
+            yield self.images[device_layout(chosen, devices)]

@@ -1,10 +1,11 @@
-"""Streaming pairs: decode and resize in parallel grain workers, batch, prefetch to devices.
+"""Streaming pairs: decode and resize in parallel grain workers, batch in the devices' layout.
 
 Why grain: it is Google's data loader for JAX, kept up with JAX releases, and its
 ``MapDataset`` gives exactly what a resumable pair stream needs: random access by
 position (so a resumed step reads the same images), order-preserving parallel
-map (deterministic batches whatever the thread timing), batching and device
-prefetch (``grain.experimental.device_put``), without TensorFlow. Workers are
+map (deterministic batches whatever the thread timing) and batching, without
+TensorFlow. The batches go onto the devices through ``parallel.prefetch_to_devices``,
+the same way as preloaded ones. Workers are
 threads, not processes: Pillow releases the GIL while decoding and resizing,
 threads share the read-only source (files or a TFDS ArrayRecord source) for
 free, and on a 2-core host processes would only add pickling.
@@ -30,7 +31,7 @@ import grain
 import numpy as np
 
 from bt_jax.data.folder import decode_image
-from bt_jax.data.pairs import PairSampler, check_start_step
+from bt_jax.data.pairs import PairSampler, check_start_step, device_layout
 
 # Replacement pairs tried before giving up: with a tenth of the images corrupt a pair
 # fails 19% of the time, and 16 failures in a row happen once in ~3e11 pairs.
@@ -42,21 +43,11 @@ def default_workers() -> int:
     return min(16, 2 * (os.cpu_count() or 1))
 
 
-def _assemble(items, devices: int) -> np.ndarray:
-    """(2, S, S, 3) pairs -> one (devices, 2, per_device, S, S, 3) array, filled in place
-    (one copy, instead of stacking and then transposing the whole batch)."""
-    per_device = len(items) // devices
-    out = np.empty((devices, 2, per_device) + items[0].shape[1:], np.uint8)
-    for k, item in enumerate(items):
-        out[k // per_device, :, k % per_device] = item
-    return out
-
-
 class StreamingPairs(PairSampler):
     """Pairs of ``source`` (an ``ImageSource``) decoded on the fly; same API as PairDataset.
 
     ``workers``: decode threads (0: ``default_workers()``); ``prefetch``: batches
-    decoded ahead of the consumer (and kept on the devices by ``sharded_batches``).
+    decoded ahead of the consumer.
     """
 
     def __init__(self, source, image_size: int, *, seed: int, mode: str = "standard",
@@ -120,39 +111,21 @@ class StreamingPairs(PairSampler):
         host = self.host_pairs(epoch, global_batch, process_index=self.process_index,
                                process_count=self.process_count)
         local = host.shape[1]
-        if local % devices:
-            raise ValueError(f"this host's batch of {local} pairs does not split over "
-                             f"{devices} devices; make config.optim.batch_size a multiple "
-                             "of the device count.")
         pool, offset = host.reshape(-1, 2), start_step * local
         ds = grain.MapDataset.source(host[start_step:].reshape(-1, 2)).map_with_index(
             lambda pos, pair: self._load_pair(epoch, offset + pos, pair, pool))
         options = grain.ReadOptions(num_threads=self.workers,
                                     prefetch_buffer_size=self.prefetch * local)
         return ds.to_iter_dataset(options).batch(
-            local, drop_remainder=True, batch_fn=lambda items: _assemble(items, devices))
+            local, drop_remainder=True,
+            batch_fn=lambda items: device_layout(np.stack(items), devices))
 
-    def batches(self, epoch: int, global_batch: int, *,
-                start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(view1, view2) uint8 (global_batch / process_count, S, S, 3), like PairDataset."""
-        for batch in self._progress(self._dataset(epoch, global_batch, start_step, 1), epoch):
-            yield batch[0, 0], batch[0, 1]
-
-    def sharded_batches(self, epoch: int, global_batch: int, mesh, *, start_step: int = 0):
-        """jax.Arrays (devices, 2, per_device, S, S, 3) already on ``mesh``'s devices
-        (the layout of ``train.shard_views``), ``prefetch`` batches ahead.
-
-        ``mesh`` spans this process's devices: each process feeds its own rows.
-        """
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        from bt_jax.parallel import AXIS
-
-        ds = self._dataset(epoch, global_batch, start_step, mesh.devices.size)
-        ds = grain.experimental.device_put(
-            ds, NamedSharding(mesh, PartitionSpec(AXIS)), cpu_buffer_size=self.prefetch,
-            device_buffer_size=self.prefetch)
-        yield from self._progress(ds, epoch)
+    def batches(self, epoch: int, global_batch: int, *, start_step: int = 0,
+                devices: int = 1) -> Iterator[np.ndarray]:
+        """This host's rows of each remaining batch of ``epoch``, uint8
+        (devices, 2, per_device, S, S, 3), like ``PairDataset.batches``."""
+        yield from self._progress(self._dataset(epoch, global_batch, start_step, devices),
+                                  epoch)
 
     def _progress(self, batches, epoch: int):
         """A 'decode' bar (images/s, skipped) under the training bar when progress is on."""

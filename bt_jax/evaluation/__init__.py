@@ -11,7 +11,7 @@ apart, because raw pixels already match those (see identification.py).
 * ``network``: embeddings of a checkpoint, converted weights or an untrained network;
 * ``report``: one run end to end, writing results.json and PNG plots.
 
-``network`` imports the trainer, which imports this package: it is not imported here.
+``network`` builds models (Flax, the converted weights): it is imported where needed.
 """
 
 from __future__ import annotations

@@ -1,24 +1,34 @@
 """Embeddings of a Barlow Twins network: from a checkpoint, converted weights or scratch.
 
-The per-device embedding step is train.py's own (``compile_steps(...).embed``), so the
-evaluated features are exactly those the end-of-training check sees: backbone features
-by default, projector embeddings with ``config.eval.embedding='projector'``, on
-``config.num_devices`` devices, every batch padded to one compiled shape and un-padded.
+Stand-alone: it reads only ``params`` and ``batch_stats`` of a checkpoint (a partial
+restore: no optimizer moments, no per-device PowerSGD buffers) and compiles only the
+embedding step of ``bt_jax.embedding``, the one the trainer's end-of-run check uses, so
+the features are the same: backbone features by default, projector embeddings with
+``config.eval.embedding='projector'``, on ``config.num_devices`` devices, every batch
+padded to one compiled shape and un-padded. It never imports the trainer.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 
-from bt_jax import parallel, reducers, train
-from bt_jax.checkpointing import Checkpointer
+from bt_jax import embedding, parallel, preprocess, trunk
+from bt_jax.checkpointing import restore_variables
 
 
-def load_state(config, *, workdir: str | None = None, init: str | None = None):
-    """Host TrainState: the latest checkpoint of ``workdir``, else weights per ``init``.
+class Weights(NamedTuple):
+    """Host {'params', 'batch_stats'} and the training step they come from (None: not a
+    checkpoint)."""
+    variables: Dict[str, Any]
+    step: Optional[int]
+
+
+def load_weights(config, *, workdir: str | None = None, init: str | None = None) -> Weights:
+    """The latest checkpoint of ``workdir``, else the weights of ``init``.
 
     ``init`` is a converted-weights folder or 'scratch' (random, seeded by config.seed);
     None means config.init. A checkpoint is restored into the structure that ``config``
@@ -26,51 +36,37 @@ def load_state(config, *, workdir: str | None = None, init: str | None = None):
     """
     if workdir is not None and init is not None:
         raise ValueError("pass either a checkpoint workdir or init weights, not both.")
-    # Checkpointer creates its folders: look first, so a mistyped path is neither
-    # turned into an empty run directory nor found out after building the model.
+    # Look first, so a mistyped path is found out before building anything.
     if workdir is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints/ folder in workdir {workdir}; pass the "
                                 "--workdir of a training run, or --init for weights.")
-    config = copy.deepcopy(config)
-    if workdir is not None or init is not None:
-        config.init = "scratch" if workdir is not None else init
-    tx, _ = train.make_optimizer(config, steps_per_epoch=1)
-    fresh = train.initial_state(config, tx, reducers.make_reducer(config))
-    return fresh if workdir is None else _restore(workdir, fresh)
-
-
-def _restore(workdir: str, template):
-    ckpt = Checkpointer(workdir)
+    if workdir is None:
+        config = copy.deepcopy(config)
+        config.init = init if init is not None else config.init
+        return Weights(embedding.initial_variables(config), None)
     try:
-        state = ckpt.restore_latest(template)
+        variables, step = restore_variables(workdir, embedding.variable_shapes(config))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"the checkpoint in {workdir} does not match the model of this "
                          f"config ({error}); pass the --config the run was trained "
                          "with.") from error
-    finally:
-        ckpt.close()
-    if state is None:
+    if variables is None:
         raise FileNotFoundError(f"workdir {workdir} holds no checkpoint yet; train first.")
-    return state
+    return Weights(variables, int(step))
 
 
 class NetworkEmbedder:
     """Callable uint8 images (N, S, S, 3) -> float32 features (N, D) under pmap."""
 
-    def __init__(self, config, state, *, progress: bool = True):
-        from bt_jax import trunk
-
-        train.check_config(config)
+    def __init__(self, config, variables: Dict[str, Any], *, progress: bool = True):
+        check_config(config)
         mesh = parallel.device_mesh(config.num_devices)
         self.config, self.progress = config, progress
         # A frozen trunk keeps config.init's weights: images go through it first (its
         # activations cached like in training), then through the trained head.
         self.trunk = trunk.Trunk(config, progress=progress) if trunk.is_frozen(config) else None
-        tx, _ = train.make_optimizer(config, steps_per_epoch=1)
-        self.steps = train.compile_steps(config, tx, reducers.make_reducer(config))
-        # Embedding reads only params and batch_stats: leave the optimizer on the host.
-        self.state = parallel.replicate(state.replace(opt_state=None, reducer_state=None),
-                                        mesh)
+        self.embed = embedding.compile_embed(config)
+        self.variables = parallel.replicate(variables, mesh)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         from tqdm.auto import tqdm
@@ -83,8 +79,19 @@ class NetworkEmbedder:
             images = self.trunk.activations(images, "evaluation images")[0]
         batch = self.config.eval.batch_size
         # One batch per call: compute_embeddings pads only the last, partial one.
-        chunks = [train.compute_embeddings(self.steps, self.state, images[i:i + batch],
-                                           self.config)
+        chunks = [embedding.compute_embeddings(self.embed, self.variables,
+                                               images[i:i + batch], self.config)
                   for i in tqdm(range(0, len(images), batch), desc="embedding", unit="batch",
                                 disable=not self.progress)]
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def check_config(config) -> None:
+    """Fail before any work: the embedding batch splits over the devices, the
+    normalisation and the trunk's split layer exist."""
+    n = config.num_devices
+    if n < 1 or config.eval.batch_size % n:
+        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple "
+                         f"of config.num_devices={n}.")
+    preprocess.check_normalization(config.data.normalization)
+    trunk.check_split(config)
