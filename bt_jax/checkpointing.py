@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 import warnings
 from typing import Any, Callable, Optional
 
@@ -25,7 +26,7 @@ def _held_stderr(keep: Callable[[], bool]):
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
-            yield
+            yield held
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -50,7 +51,7 @@ class Checkpointer:
             os.path.join(root, "best"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min"))
-        self.failed = False
+        self.failed = self.closed = False
 
     def save(self, step: int, state: Any, val_loss: Optional[float] = None) -> None:
         """Save host ``state``; with ``val_loss`` it also competes for ``best/``.
@@ -60,11 +61,15 @@ class Checkpointer:
         already on disk stay intact and restorable.
         """
         try:
-            with _held_stderr(keep=lambda: not self.failed):
+            with _held_stderr(keep=lambda: not self.failed) as held:
                 try:
                     self._save(step, state, val_loss)
                 except Exception:
                     self.failed = True
+                    # orbax's writer threads report the failure again as they stop, for a
+                    # while after the error: stop them now, while stderr is held.
+                    self._stop_managers()
+                    _until_quiet(held)
                     raise
         except Exception as e:  # orbax reports a full disk as ValueError, others as OSError
             raise CheckpointWriteError(
@@ -134,15 +139,21 @@ class Checkpointer:
     def close(self) -> None:
         # After a failed write orbax's threads report it again as they shut down.
         with _held_stderr(keep=lambda: not self.failed):
-            try:
-                self.latest.wait_until_finished()
-                self.best.wait_until_finished()
-            except Exception:
-                if not self.failed:
-                    raise
-            finally:
-                self.latest.close()
-                self.best.close()
+            self._stop_managers()
+
+    def _stop_managers(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
+        except Exception:
+            if not self.failed:
+                raise
+        finally:
+            self.latest.close()
+            self.best.close()
 
 
 def restore_variables(workdir: str, template: Any) -> tuple:
@@ -170,6 +181,21 @@ def restore_variables(workdir: str, template: Any) -> tuple:
     finally:
         manager.close()
     return None, None
+
+
+def _until_quiet(held, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
+    """Wait until nothing more is written to ``held`` for ``quiet_s`` (at most ``limit_s``).
+    After a failed write tensorstore's native threads still finish the writes in flight
+    and each reports into the save's closed event loop ('RuntimeError: Event loop is
+    closed' tracebacks), for a while after orbax has raised."""
+    size, quiet_since, start = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - start < limit_s:
+        now = os.fstat(held.fileno()).st_size
+        if now != size:
+            size, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.05)
 
 
 def _first_line(error: Exception) -> str:

@@ -79,6 +79,10 @@ def shard(batch, num_devices: int):
     return jax.tree.map(split, batch)
 
 
+# How long a closed prefetch waits for its thread to finish the batch it is making.
+PREFETCH_JOIN_SECONDS = 60.0
+
+
 def prefetch_to_devices(batches, mesh: Mesh, size: int):
     """Yield ``batches`` (host arrays, leading axis = ``mesh``'s devices) as jax.Arrays
     already on those devices, ``size`` ahead: a background thread gathers or decodes
@@ -121,3 +125,6 @@ def prefetch_to_devices(batches, mesh: Mesh, size: int):
             yield item
     finally:
         stop.set()
+        # Nothing of this loop may outlive it: a producer still copying while the caller
+        # handles an error (or the interpreter exits) races with what runs next.
+        thread.join(timeout=PREFETCH_JOIN_SECONDS)

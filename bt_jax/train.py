@@ -8,6 +8,7 @@ call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -441,12 +442,15 @@ def run_training(config, workdir, state, run, ckpt, stop: StopRequest) -> Any:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             host = run.data.train.batches(epoch, batch, start_step=offset, devices=devices)
-            for views in parallel.prefetch_to_devices(host, run.mesh, config.data.prefetch):
-                state, metrics = run.steps.train(state, views)
-                step += 1
-                log.add(metrics)
-                bar.update(1)
-                _after_step(loop, state, step)
+            # closing(): on an error the prefetch thread stops here, not when collected.
+            with contextlib.closing(parallel.prefetch_to_devices(
+                    host, run.mesh, config.data.prefetch)) as feed:
+                for views in feed:
+                    state, metrics = run.steps.train(state, views)
+                    step += 1
+                    log.add(metrics)
+                    bar.update(1)
+                    _after_step(loop, state, step)
     return state
 
 

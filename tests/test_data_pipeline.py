@@ -1,6 +1,7 @@
 """Sources (folder, MLFW release, TFDS), pair samplers, the grain pipeline, cleaning and
 on-device augmentation, on generated files (corrupt ones included) and on the real data."""
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_device_prefetch_raises_a_loader_error_in_order_and_stops_when_closed():
     assert next(fed).shape == (8, 1)
     with pytest.raises(RuntimeError, match="unreadable"):
         next(fed)
-    endless = parallel.prefetch_to_devices(iter(lambda: np.ones((8, 1)), None), mesh, 1)
+    endless = parallel.prefetch_to_devices(itertools.repeat(np.ones((8, 1))), mesh, 1)
     assert float(next(endless)[0, 0]) == 1.0
     endless.close()  # the producer thread stops instead of filling memory
 
