@@ -28,7 +28,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from bt_jax.data.exclusions import read_exclusions, record_key
+from bt_jax.data.exclusions import kept_indices, read_exclusions
 from bt_jax.data.folder import decode_image, scan_folder
 from bt_jax.data.pairs import PairDataset
 from bt_jax.data.synthetic import write_synthetic_dataset
@@ -98,7 +98,7 @@ def _file_reader(paths: list[str]) -> Callable[[int], bytes]:
 def finalize(name: str, records, read, *, excluded: set, min_images: int) -> ImageSource:
     """Apply the exclusion list, leave out small identities (one summary line) and
     number the labels by sorted identity."""
-    kept = [i for i, r in enumerate(records) if record_key(r) not in excluded]
+    kept = kept_indices(records, excluded)
     counts = collections.Counter(records[i].identity for i in kept)
     small = sorted(k for k, n in counts.items() if n < min_images)
     if small:
@@ -239,8 +239,7 @@ def folder_records(folder: str, image_size: int, exclude_file: str = "") -> list
     unreadable images left out with a warning that says why (as in training)."""
     records = scan_folder(folder, min_images_per_identity=1)
     if exclude_file:
-        excluded = read_exclusions(exclude_file)
-        records = [r for r in records if record_key(r) not in excluded]
+        records = [records[i] for i in kept_indices(records, read_exclusions(exclude_file))]
     if not records:
         raise ValueError(f"{folder}: no image is left after the exclusion list {exclude_file}.")
     source = ImageSource(folder, records, _file_reader([r.path for r in records]))

@@ -578,12 +578,6 @@ def render_variants(ident: Identity, photo: Photo, masks: Sequence[MaskSpec],
     return out
 
 
-def render_face(ident: Identity, photo: Photo, mask: MaskSpec | None = None,
-                image_size: int = 64) -> np.ndarray:
-    """One (image_size, image_size, 3) uint8 RGB face, masked when mask is given."""
-    return render_variants(ident, photo, [] if mask is None else [mask], image_size)[-1]
-
-
 # ------------------------------------------------------------------ writing
 
 
