@@ -109,7 +109,7 @@ def test_source_aware_never_pairs_one_photo_and_prefers_masked_with_unmasked():
         "b": [(1, None), (1, None), (1, None), (2, None)],       # capacity 1
         "c": [(5, None), (5, None)]})                            # one photo: left out
     with pytest.warns(UserWarning, match=r"left out 1 of 3 identities.*one source photo"):
-        sampler = PairSampler(records, seed=0, mode="source_aware")
+        sampler = PairSampler(records, seed=0, pair_sampler="source_aware")
     assert sampler.pairs_per_epoch == 3 + 1
     for epoch in range(20):
         pairs = sampler.epoch_pairs(epoch)
@@ -120,7 +120,7 @@ def test_source_aware_never_pairs_one_photo_and_prefers_masked_with_unmasked():
         assert sum(x.masked is False and y.masked is True for x, y in a_pairs) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = PairSampler(records, seed=0, mode="source_aware")
+        again = PairSampler(records, seed=0, pair_sampler="source_aware")
     np.testing.assert_array_equal(sampler.epoch_pairs(3), again.epoch_pairs(3))
     assert cross_source_capacity([3, 1]) == 1 and cross_source_capacity([2, 2, 2]) == 3
 
@@ -129,7 +129,7 @@ def test_same_source_pairs_two_variants_of_one_photo():
     records = _records({
         "a": [(1, False), (1, True), (1, True), (2, False), (2, True)],  # 1 + 1 pairs
         "b": [(3, None), (4, None)]})                                  # no photo twice
-    sampler = PairSampler(records, seed=0, mode="same_source")
+    sampler = PairSampler(records, seed=0, pair_sampler="same_source")
     assert sampler.pairs_per_epoch == 2
     seen = set()
     for epoch in range(10):
@@ -144,9 +144,9 @@ def test_same_source_pairs_two_variants_of_one_photo():
 
 def test_hosts_get_disjoint_rows_of_each_global_batch(synth):
     records = scan_folder(synth)
-    full = PairSampler(records, seed=1, mode="all_pairs").host_pairs(
+    full = PairSampler(records, seed=1, pair_sampler="all_pairs").host_pairs(
         0, 8, process_index=0, process_count=1)
-    parts = [PairSampler(records, seed=1, mode="all_pairs").host_pairs(
+    parts = [PairSampler(records, seed=1, pair_sampler="all_pairs").host_pairs(
         0, 8, process_index=p, process_count=2) for p in range(2)]
     assert parts[0].shape == (full.shape[0], 4, 2)
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), full)
@@ -160,9 +160,9 @@ def test_hosts_get_disjoint_rows_of_each_global_batch(synth):
 def test_stream_matches_preloaded_batches_and_resumes_exactly(synth):
     source = _folder_source(synth)
     records, images = sources.preload(source, 32, progress=False)
-    preloaded = PairDataset(records, images, seed=2, pairs_per_identity="source_aware",
+    preloaded = PairDataset(records, images, seed=2, pair_sampler="source_aware",
                             process_index=0, process_count=1)
-    stream = StreamingPairs(source, 32, seed=2, mode="source_aware", workers=3,
+    stream = StreamingPairs(source, 32, seed=2, pair_sampler="source_aware", workers=3,
                             process_index=0, process_count=1)
     expected, got = list(preloaded.batches(1, 6)), list(stream.batches(1, 6))
     assert len(got) == stream.steps_per_epoch(6) == len(expected) == 27 // 6
@@ -175,7 +175,7 @@ def test_stream_matches_preloaded_batches_and_resumes_exactly(synth):
 
 
 def test_sharded_batches_have_the_train_step_layout(synth):
-    stream = StreamingPairs(_folder_source(synth), 32, seed=0, mode="all_pairs",
+    stream = StreamingPairs(_folder_source(synth), 32, seed=0, pair_sampler="all_pairs",
                             process_index=0, process_count=1)
     mesh = parallel.device_mesh(8)
     batch = next(stream.sharded_batches(0, 16, mesh))
@@ -193,8 +193,8 @@ def test_corrupt_jpeg_is_skipped_with_a_warning_and_counted(synth, tmp_path):
     bad = root / "Synth_00001" / "Synth_00001_0002_0001.jpg"
     bad.write_bytes(bad.read_bytes()[:200])                  # truncated JPEG
     (root / "Synth_00002" / "Synth_00002_0001_0000.jpg").write_bytes(b"not an image")
-    stream = StreamingPairs(_folder_source(root), 32, seed=0, mode="all_pairs", workers=2,
-                            process_index=0, process_count=1)
+    stream = StreamingPairs(_folder_source(root), 32, seed=0, pair_sampler="all_pairs",
+                            workers=2, process_index=0, process_count=1)
     with pytest.warns(UserWarning, match="skipped unreadable image") as caught:
         for epoch in range(3):
             batches = list(stream.batches(epoch, 8))
@@ -266,7 +266,7 @@ def test_tfds_source_yields_the_folder_examples(synth, tmp_path):
                               "train", str(tmp_path))
     _same_examples(folder, tfds)
     assert len(tfds.records) == 6 * 9 - 1 and tfds.records[5].masked is not None
-    stream = StreamingPairs(tfds, 32, seed=0, mode="all_pairs", workers=2,
+    stream = StreamingPairs(tfds, 32, seed=0, pair_sampler="all_pairs", workers=2,
                             process_index=0, process_count=1)
     with pytest.warns(UserWarning, match="Synth_00004_0003_0002"):
         for _ in stream.batches(0, 8):
@@ -287,7 +287,7 @@ def test_real_mlfw_val_folder_and_tfds_agree_and_stream(tmp_path):
                                           tfds_dir=str(tmp_path / "tfds")), "train",
                                   str(tmp_path))
         _same_examples(folder, tfds)
-        stream = StreamingPairs(tfds, 112, seed=0, mode="source_aware", process_index=0,
+        stream = StreamingPairs(tfds, 112, seed=0, pair_sampler="source_aware", process_index=0,
                                 process_count=1)
     v1, v2 = next(stream.batches(0, 64))
     assert v1.shape == v2.shape == (64, 112, 112, 3) and not stream.skipped

@@ -59,14 +59,14 @@ class StreamingPairs(PairSampler):
     decoded ahead of the consumer (and kept on the devices by ``sharded_batches``).
     """
 
-    def __init__(self, source, image_size: int, *, seed: int, mode: str = "standard",
+    def __init__(self, source, image_size: int, *, seed: int, pair_sampler: str = "standard",
                  workers: int = 0, prefetch: int = 2, process_index: int | None = None,
                  process_count: int | None = None, progress: bool = False):
         if image_size < 1 or workers < 0 or prefetch < 1:
             raise ValueError(f"image_size={image_size}, workers={workers} and "
                              f"prefetch={prefetch} must be >= 1, >= 0 and >= 1 "
                              "(config.data.image_size / workers / prefetch).")
-        super().__init__(source.records, seed=seed, mode=mode)
+        super().__init__(source.records, seed=seed, pair_sampler=pair_sampler)
         self.source, self.image_size = source, int(image_size)
         self.workers, self.prefetch = workers or default_workers(), int(prefetch)
         self.process_index, self.process_count = process_index, process_count

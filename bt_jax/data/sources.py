@@ -253,10 +253,10 @@ def train_pairs(config, source: ImageSource):
     if data.loader == "stream":
         from bt_jax.data.pipeline import StreamingPairs   # grain: only when streaming
 
-        return StreamingPairs(source, size, seed=config.seed, mode=data.pair_sampler,
+        return StreamingPairs(source, size, seed=config.seed, pair_sampler=data.pair_sampler,
                               workers=data.workers, prefetch=data.prefetch,
                               progress=config.train.progress)
     if data.loader == "preload":
         return PairDataset(*preload(source, size, progress=config.train.progress),
-                           seed=config.seed, pairs_per_identity=data.pair_sampler)
+                           seed=config.seed, pair_sampler=data.pair_sampler)
     raise ValueError(f"config.data.loader={data.loader!r} is unknown; use 'stream' or 'preload'.")
