@@ -29,7 +29,7 @@ from typing import Callable, Dict
 import numpy as np
 
 from bt_jax.data.exclusions import kept_indices, read_exclusions
-from bt_jax.data.folder import decode_image, scan_folder
+from bt_jax.data.folder import SkippingDecoder, scan_folder
 from bt_jax.data.pairs import PairDataset
 from bt_jax.data.synthetic import write_synthetic_dataset
 
@@ -205,32 +205,25 @@ def preload(source: ImageSource, image_size: int, *, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    def load(i):
-        try:
-            return decode_image(source.read(i), image_size, source.records[i].path)
-        except (OSError, ValueError, KeyError) as error:
-            return error if str(error) else ValueError(type(error).__name__)
-
-    n = len(source.records)
+    names = [r.path for r in source.records]
+    decode = SkippingDecoder(source.read, names, image_size)
+    n = len(names)
     out = np.empty((n, image_size, image_size, 3), np.uint8)
-    bad = {}
+    ok = np.zeros(n, bool)
+    desc = f"loading {os.path.basename(source.name)}"
     with concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        for i, pixels in enumerate(tqdm(pool.map(load, range(n)), total=n, unit="img",
-                                        desc=f"loading {os.path.basename(source.name)}",
-                                        disable=not progress)):
-            if isinstance(pixels, Exception):
-                bad[i] = pixels
-            else:
-                out[i] = pixels
-    if bad:
-        # The decoder's message already names the file and says why (zero bytes,
-        # truncated, a decompression bomb, not an image).
-        why = "; ".join(str(e) for e in list(bad.values())[:3])
-        warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images: {why}"
-                      f"{'; ...' if len(bad) > 3 else ''}", stacklevel=2)
-    if not bad:
+        for i, pixels in enumerate(tqdm(pool.map(decode.try_decode, range(n)), total=n,
+                                        unit="img", desc=desc, disable=not progress)):
+            if pixels is not None:
+                out[i], ok[i] = pixels, True
+    if ok.all():
         return list(source.records), out
-    keep = np.setdiff1d(np.arange(n), list(bad))
+    # The decoder's message already names the file and says why (zero bytes,
+    # truncated, a decompression bomb, not an image).
+    bad = [decode.skipped[names[i]] for i in np.flatnonzero(~ok)]
+    warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images: {'; '.join(bad[:3])}"
+                  f"{'; ...' if len(bad) > 3 else ''}", stacklevel=2)
+    keep = np.flatnonzero(ok)
     return [source.records[i] for i in keep], out[keep]
 
 
