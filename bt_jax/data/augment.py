@@ -1,10 +1,11 @@
-"""Barlow Twins augmentations and a synthetic-mask augmentation, on the device.
+"""Image augmentations and a synthetic-mask augmentation, on the device.
 
-``augment(rng, images, cfg, view=...)`` is a drop-in for ``preprocess.augment``
-inside the train step: uint8 (B, H, W, 3) in, float32 in 0..255 out. With
-``cfg.barlow_twins`` it applies the paper's recipe (Zbontar et al. 2021, after
-BYOL): random resized crop, horizontal flip, colour jitter, grayscale, Gaussian
-blur and solarization, blur and solarization with different odds per view.
+``augment(rng, images, cfg, view=...)`` runs inside the train step: uint8
+(B, H, W, 3) in, float32 in 0..255 out. By default it applies the simple options
+of ``config.augment`` (zoom crop, flip, brightness, contrast, grayscale). With
+``cfg.barlow_twins`` it applies the paper's recipe instead (Zbontar et al. 2021,
+after BYOL): random resized crop, horizontal flip, colour jitter, grayscale,
+Gaussian blur and solarization, blur and solarization with different odds per view.
 With ``cfg.mask_prob > 0`` the second view (``view=1``) gets a synthetic face
 mask first, with that probability, so a pair shows the same face with and
 without a mask: data without masks then trains the same invariance as MLFW.
@@ -32,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import preprocess
 from bt_jax.data import synthetic
 
 
@@ -193,11 +193,49 @@ def barlow_twins_one(key, image, view: int, out_size: int, recipe: Recipe = BARL
     return jnp.clip(x, 0.0, 1.0)
 
 
+# -------------------------------------------------------------------- simple
+
+
+def _simple_one(rng, image, cfg):
+    """Random zoom-crop, flip, brightness/contrast and grayscale on one float image in [0,1]."""
+    k_scale, k_shift, k_flip, k_bright, k_contrast, k_gray = jax.random.split(rng, 6)
+    size = image.shape[0]
+    if cfg.crop_scale > 1.0:
+        scale = jax.random.uniform(k_scale, (), minval=1.0, maxval=cfg.crop_scale)
+        shift = jax.random.uniform(k_shift, (2,), minval=0.0, maxval=1.0) * size * (1 - scale)
+        image = jax.image.scale_and_translate(
+            image, image.shape, (0, 1), jnp.stack([scale, scale]), shift, "linear")
+    if cfg.flip:
+        image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
+    if cfg.brightness > 0:
+        image = image * (1 + jax.random.uniform(k_bright, (), minval=-1, maxval=1) * cfg.brightness)
+    if cfg.contrast > 0:
+        mean = image.mean()
+        factor = 1 + jax.random.uniform(k_contrast, (), minval=-1, maxval=1) * cfg.contrast
+        image = (image - mean) * factor + mean
+    if cfg.grayscale_prob > 0:
+        gray = image @ jnp.asarray([0.299, 0.587, 0.114], image.dtype)
+        image = jnp.where(jax.random.bernoulli(k_gray, cfg.grayscale_prob),
+                          jnp.repeat(gray[..., None], 3, -1), image)
+    return jnp.clip(image, 0.0, 1.0)
+
+
+def simple_augment(rng, images, cfg):
+    """The simple options of ``cfg`` on each image: 0..255 (B, H, W, 3) in, float32 0..255 out.
+
+    Input and output in 0..255 with the rescaling inside: the recorded results
+    depend on these exact float operations.
+    """
+    x = images.astype(jnp.float32) / 255.0
+    keys = jax.random.split(rng, x.shape[0])
+    return jax.vmap(lambda k, im: _simple_one(k, im, cfg))(keys, x) * 255.0
+
+
 # ------------------------------------------------------------------ the step
 
 
 def augment(rng, images, cfg, *, view: int = 0, out_size: int | None = None):
-    """Drop-in for ``preprocess.augment``: uint8 (B, H, W, 3) -> float32 0..255 (B, S, S, 3).
+    """uint8 (B, H, W, 3) -> float32 0..255 (B, S, S, 3), one view of a pair.
 
     ``cfg`` is ``config.augment``: ``barlow_twins`` picks the paper's recipe over
     the simple options, ``mask_prob`` masks view 1. ``out_size`` (default H) lets
@@ -222,4 +260,4 @@ def augment(rng, images, cfg, *, view: int = 0, out_size: int | None = None):
         return x * 255.0
     if out_size != size:
         x = jax.image.resize(x, (x.shape[0], out_size, out_size, 3), "linear")
-    return preprocess.augment(k_aug, x * 255.0, cfg)
+    return simple_augment(k_aug, x * 255.0, cfg)
