@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_jax.data import synthetic
+from bt_jax.data import faces, masks, synthetic
 from bt_jax.data.folder import (ImageRecord, PairDataset, load_images, parse_image_name,
                                 scan_folder)
 
@@ -69,9 +69,9 @@ def test_layout_names_and_masked_list(synth):
 
 
 def test_masks_change_only_the_lower_face():
-    ident, photo = synthetic.sample_identity(0, 7), synthetic.sample_photo(0, 7, 1)
+    ident, photo = faces.sample_identity(0, 7), faces.sample_photo(0, 7, 1)
     plain, masked = synthetic.render_variants(
-        ident, photo, [synthetic.sample_mask(0, 7, 1, 1)], image_size=64)
+        ident, photo, [masks.sample_mask(0, 7, 1, 1)], image_size=64)
     changed = np.abs(plain.astype(int) - masked.astype(int)).max(-1) > 30
     assert changed[40:].mean() > 0.2          # the mask covers nose and mouth ...
     assert changed[:16].mean() < 0.02         # ... and leaves forehead and hair alone

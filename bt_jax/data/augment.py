@@ -17,9 +17,9 @@ accelerator; the randomness comes from the step's key, so it is reproducible
 whatever the number of decode workers; and the crop can resample straight from
 the stored size to the model's size (``out_size``) in one pass.
 
-The masks come from ``bt_jax.data.synthetic``'s mask drawing, placed in the
-frame of 112x112-aligned faces (eyes near row 52, mouth near row 92, as in MLFW
-and ArcFace crops), rendered once per image size into a bank of premultiplied
+The masks come from ``bt_jax.data.masks``, placed in the frame of
+112x112-aligned faces (eyes near row 52, mouth near row 92, as in MLFW and
+ArcFace crops), rendered once per image size into a bank of premultiplied
 colour + alpha layers.
 """
 
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.data import synthetic
+from bt_jax.data import masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,39 +64,12 @@ _FROM_YIQ = np.linalg.inv(_TO_YIQ).astype(np.float32)
 # --------------------------------------------------------------------- masks
 
 
-def _aligned_face():
-    """Identity, photo and layout that put the synthetic face where aligned crops put faces.
-
-    Scale 1.6 and a downward shift put the eyes at row ~52/112, 35 px apart, and
-    the face about 90 px wide; only the fields the mask drawing reads matter.
-    """
-    ident = dataclasses.replace(synthetic.sample_identity(0, 0), eye_y=-0.15, eye_dx=0.2,
-                                face_rx=0.5, face_ry_chin=0.62, nose_len=0.3)
-    photo = dataclasses.replace(synthetic.sample_photo(0, 0, 1), shift=(0.0, 0.16), angle=0.0,
-                                scale=1.6, yaw=0.0)
-    return ident, photo, synthetic._layout(ident, photo)
-
-
 @functools.lru_cache(maxsize=4)
 def mask_bank(size: int, count: int = MASK_BANK_SIZE, seed: int = 0) -> np.ndarray:
-    """float32 (count, size, size, 4): premultiplied RGB and alpha of ``count`` masks.
-
-    Each mask is drawn over black and over white: painting is a linear blend,
-    so the two results give the mask's colour (over black) and its
-    transmittance (white minus black), whatever shapes and patterns it has.
-    """
-    ident, photo, lay = _aligned_face()
-    bank = []
-    for k in range(count):
-        mask = synthetic.sample_mask(seed, k, 1, 1 + k % 3)
-        over = []
-        for background in (0.0, 1.0):
-            canvas = synthetic._Canvas(size, photo)
-            canvas.img[:] = background
-            synthetic._draw_mask(canvas, ident, lay, mask)
-            over.append(canvas.img)
-        alpha = 1.0 - (over[1] - over[0]).mean(-1, keepdims=True)
-        bank.append(np.concatenate([over[0], alpha], -1))
+    """float32 (count, size, size, 4): premultiplied RGB and alpha of ``count`` masks
+    (``masks.mask_layer``), the three kinds in turn."""
+    bank = [masks.mask_layer(masks.sample_mask(seed, k, 1, 1 + k % 3), size)
+            for k in range(count)]
     return np.clip(np.stack(bank), 0.0, 1.0).astype(np.float32)
 
 
