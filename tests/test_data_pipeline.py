@@ -378,6 +378,38 @@ def test_crop_area_min_reaches_the_recipes_crop(synth, monkeypatch):
                                x, atol=1e-5)
 
 
+def _hsv_hue_reference(images, turns):
+    """The HSV definition of a hue shift (torchvision's adjust_hue), pixel by pixel."""
+    import colorsys
+
+    out = np.empty(images.shape, np.float64)
+    for n, turn in enumerate(turns):
+        for index in np.ndindex(images.shape[1:3]):
+            h, s, v = colorsys.rgb_to_hsv(*images[(n, *index)].astype(np.float64))
+            out[(n, *index)] = colorsys.hsv_to_rgb((h + turn) % 1.0, s, v)
+    return out
+
+
+def _torchvision_hue(images, turns):
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    import torch
+
+    return np.stack([functional.adjust_hue(torch.from_numpy(im).permute(2, 0, 1), float(t))
+                     .permute(1, 2, 0).numpy() for im, t in zip(images, turns)])
+
+
+@pytest.mark.parametrize("reference", [_hsv_hue_reference, _torchvision_hue])
+def test_hue_shift_is_torchvisions_hsv_hue_shift(reference):
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 12, 12, 3), dtype=np.float32)
+    # Grays, primaries and ties between the largest channels take the special branches.
+    images[0, 0, :6] = [[0.5] * 3, [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.2, 0.7, 0.7]]
+    images[1] = np.round(images[1] * 4) / 4
+    turns = np.asarray([-0.5, -0.1, 0.0, 0.03, 0.25, 0.5], np.float32)
+    ours = jax.vmap(augment.hue_shift)(images, turns)
+    np.testing.assert_allclose(ours, reference(images, turns), atol=1e-5)
+
+
 def test_hold_out_moves_whole_identities_reproducibly_and_relabels():
     from bt_jax.data import sources
     from bt_jax.data.folder import ImageRecord

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import math
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,9 +57,6 @@ class Recipe:
 BARLOW_TWINS = Recipe()
 MASK_BANK_SIZE = 24
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
-_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                   np.float32)
-_FROM_YIQ = np.linalg.inv(_TO_YIQ).astype(np.float32)
 
 
 # --------------------------------------------------------------------- masks
@@ -111,17 +109,22 @@ def _gray(image):
     return jnp.repeat((image @ _GRAY)[..., None], 3, axis=-1)
 
 
-def _hue_shift(image, turn):
-    """Rotate the chroma by ``turn`` of a full turn in YIQ space (a linear stand-in for
-    torchvision's HSV hue shift, close for the small shifts used here)."""
-    c, s = jnp.cos(2 * jnp.pi * turn), jnp.sin(2 * jnp.pi * turn)
-    rotate = jnp.stack([jnp.asarray([1.0, 0.0, 0.0]), jnp.stack([0.0, c, -s]),
-                        jnp.stack([0.0, s, c])])
-    return image @ (_FROM_YIQ @ rotate @ _TO_YIQ).T
+def hue_shift(image, turn):
+    """torchvision's ``adjust_hue``: ``turn`` (in [-0.5, 0.5]) added to the HSV hue, wrapping.
+
+    dm-pix's conversion matches torchvision's HSV definition; its brightness,
+    contrast and saturation follow tf.image instead (additive brightness,
+    per-channel contrast mean, HSV saturation), hence only the hue comes from it.
+    """
+    return pix.adjust_hue(image, turn)
 
 
 def colour_jitter(key, image, recipe: Recipe = BARLOW_TWINS):
-    """Brightness, contrast, saturation and hue, each by a random factor, clipped to 0..1."""
+    """Brightness, contrast, saturation and hue, each by a random factor, clipped to 0..1.
+
+    Each as torchvision's ColorJitter defines it (the reference recipe's), applied
+    in that fixed order rather than torchvision's random one.
+    """
     kb, kc, ks, kh = jax.random.split(key, 4)
 
     def factor(k, amount):
@@ -133,7 +136,7 @@ def colour_jitter(key, image, recipe: Recipe = BARLOW_TWINS):
     gray = _gray(x)
     x = jnp.clip(gray + (x - gray) * factor(ks, recipe.saturation), 0, 1)
     turn = jax.random.uniform(kh, (), minval=-recipe.hue, maxval=recipe.hue)
-    return jnp.clip(_hue_shift(x, turn), 0, 1)
+    return jnp.clip(hue_shift(x, turn), 0, 1)
 
 
 def gaussian_blur(image, sigma, radius: int):
