@@ -17,11 +17,12 @@ import time
 from absl import app, flags, logging
 
 from bt_jax import convert
+from bt_jax.models import ARCHS
 
 _SOURCE = flags.DEFINE_string("source", None, "VGGFace2 release *.pkl, Barlow Twins *.pth, "
                               "or FaceNet frozen graph *.pb.")
 _OUT = flags.DEFINE_string("out", None, "Output folder, e.g. converted_weights/<name>.")
-_ARCH = flags.DEFINE_enum("arch", None, sorted(convert.ARCHS), "Target backbone; default: "
+_ARCH = flags.DEFINE_enum("arch", None, sorted(ARCHS), "Target backbone; default: "
                           "resnet50 for .pkl/.pth, inception_resnet_v1 for a FaceNet .pb.")
 _KEEP_FC = flags.DEFINE_bool("keep_fc", False, "Keep the classifier (for resnet50(num_classes=)).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")
