@@ -1,8 +1,8 @@
-"""On-device image normalisation and augmentation (uint8 NHWC in, float32 out)."""
+"""On-device image normalisation (uint8 NHWC in, float32 out); augmentation lives in
+``bt_jax.data.augment``."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,34 +34,3 @@ def normalize(images, name: str):
     mean = np.asarray(preset["mean"], np.float32)
     std = np.asarray(preset["std"], np.float32)
     return (x * preset["scale"] - mean) / std
-
-
-def _augment_one(rng, image, cfg):
-    """Random zoom-crop, flip, brightness/contrast and grayscale on one float image in [0,1]."""
-    k_scale, k_shift, k_flip, k_bright, k_contrast, k_gray = jax.random.split(rng, 6)
-    size = image.shape[0]
-    if cfg.crop_scale > 1.0:
-        scale = jax.random.uniform(k_scale, (), minval=1.0, maxval=cfg.crop_scale)
-        shift = jax.random.uniform(k_shift, (2,), minval=0.0, maxval=1.0) * size * (1 - scale)
-        image = jax.image.scale_and_translate(
-            image, image.shape, (0, 1), jnp.stack([scale, scale]), shift, "linear")
-    if cfg.flip:
-        image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
-    if cfg.brightness > 0:
-        image = image * (1 + jax.random.uniform(k_bright, (), minval=-1, maxval=1) * cfg.brightness)
-    if cfg.contrast > 0:
-        mean = image.mean()
-        factor = 1 + jax.random.uniform(k_contrast, (), minval=-1, maxval=1) * cfg.contrast
-        image = (image - mean) * factor + mean
-    if cfg.grayscale_prob > 0:
-        gray = image @ jnp.asarray([0.299, 0.587, 0.114], image.dtype)
-        image = jnp.where(jax.random.bernoulli(k_gray, cfg.grayscale_prob),
-                          jnp.repeat(gray[..., None], 3, -1), image)
-    return jnp.clip(image, 0.0, 1.0)
-
-
-def augment(rng, images, cfg):
-    """Independent augmentation of each uint8 image; returns uint8-range float32 (0-255)."""
-    x = images.astype(jnp.float32) / 255.0
-    keys = jax.random.split(rng, x.shape[0])
-    return jax.vmap(lambda k, im: _augment_one(k, im, cfg))(keys, x) * 255.0

@@ -237,7 +237,7 @@ def load_data(config, workdir: str) -> Data:
         train_source, eval_source = sources.hold_out(train_source, holdout, config.seed)
     evals = (val if eval_source.name == val_source.name
              else sources.preload(eval_source, size, progress=progress))
-    pairs = folder.PairDataset(*val, seed=config.seed, pairs_per_identity=config.data.pair_sampler)
+    pairs = folder.PairDataset(*val, seed=config.seed, pair_sampler=config.data.pair_sampler)
     return Data(sources.train_pairs(config, train_source), pairs, evals[1], evals[0], evals[1])
 
 
@@ -260,8 +260,8 @@ def _frozen_data(config, train_source, val, eval_source) -> Data:
         eval_records, eval_images = sources.preload(eval_source, size, progress=progress)
         evals = (eval_records, eval_images, frozen.activations(eval_images, "eval")[0])
     del images
-    train = folder.PairDataset(records, acts, seed=config.seed, pairs_per_identity=sampler)
-    pairs = folder.PairDataset(val[0], val_acts, seed=config.seed, pairs_per_identity=sampler)
+    train = folder.PairDataset(records, acts, seed=config.seed, pair_sampler=sampler)
+    pairs = folder.PairDataset(val[0], val_acts, seed=config.seed, pair_sampler=sampler)
     return Data(train, pairs, evals[1], evals[0], evals[2])
 
 

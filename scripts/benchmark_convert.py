@@ -83,12 +83,13 @@ def write_full_size_pickle(path: str) -> int:
     """Random weights with every name and shape of resnet50_ft_weight.pkl; returns bytes."""
     import numpy as np
 
-    from bt_jax import convert
+    from bt_jax.convert_slots import expected_source_shapes
+    from bt_jax.convert_sources import write_release_pickle
 
     rng = np.random.default_rng(0)
     state = {name: rng.standard_normal(shape, dtype=np.float32)
-             for name, shape in convert.expected_source_shapes("resnet50").items()}
-    convert.write_release_pickle(path, state)
+             for name, shape in expected_source_shapes("resnet50").items()}
+    write_release_pickle(path, state)
     return os.path.getsize(path)
 
 

@@ -97,7 +97,8 @@ def measure(size: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # the one identity with a single image
         source = sources.open_split(config, "train", _WORKDIR.value)
-    stream = StreamingPairs(source, size, seed=0, mode="all_pairs", workers=_WORKERS.value)
+    stream = StreamingPairs(source, size, seed=0, pair_sampler="all_pairs",
+                            workers=_WORKERS.value)
     decoded = pipeline_rate(stream, _BATCH.value, _BATCHES.value)
     print(f"{size}px pipeline: {decoded:.0f} images/s ({stream.workers} threads)", flush=True)
     step, fed = step_rates(config, stream)

@@ -11,17 +11,22 @@ Training picks the result up with --config.init=<the --out folder>. Unpickling c
 stored in the file: convert only files you trust (.pth files load with weights_only=True).
 """
 
-import sys
-import time
+from bt_jax.logs import quiet
 
-from absl import app, flags, logging
+quiet()  # before jax is imported: no backend-probe INFO lines
 
-from bt_jax import convert
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+
+from bt_jax import convert  # noqa: E402
+from bt_jax.models import ARCHS  # noqa: E402
 
 _SOURCE = flags.DEFINE_string("source", None, "VGGFace2 release *.pkl, Barlow Twins *.pth, "
                               "or FaceNet frozen graph *.pb.")
 _OUT = flags.DEFINE_string("out", None, "Output folder, e.g. converted_weights/<name>.")
-_ARCH = flags.DEFINE_enum("arch", None, sorted(convert.ARCHS), "Target backbone; default: "
+_ARCH = flags.DEFINE_enum("arch", None, sorted(ARCHS), "Target backbone; default: "
                           "resnet50 for .pkl/.pth, inception_resnet_v1 for a FaceNet .pb.")
 _KEEP_FC = flags.DEFINE_bool("keep_fc", False, "Keep the classifier (for resnet50(num_classes=)).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")

@@ -19,8 +19,10 @@ from --config; the weights from --workdir, --init, or else config.init.
 """
 
 from bt_jax.devices import simulate_cpu_devices
+from bt_jax.logs import quiet
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
+quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 
 import os  # noqa: E402
 import sys  # noqa: E402

@@ -9,13 +9,17 @@ accuracy as a reference line. The run's own results.json, when there, closes the
 curve with the end-of-training evaluation.
 """
 
-import json
-import os
-import sys
+from bt_jax.logs import quiet
 
-from absl import app, flags
+quiet()  # no font-cache INFO line when matplotlib first runs
 
-from bt_jax.evaluation.plots import plot_training
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from bt_jax.evaluation.plots import plot_training  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run folder (its metrics.jsonl).",
                                required=True)

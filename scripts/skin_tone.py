@@ -10,16 +10,20 @@ The CSV's ``group`` column is the ITA category (``unknown`` when no image of the
 had measurable skin). The sheet goes to --sheet, by default beside the CSV.
 """
 
-import json
-import os
-import sys
+from bt_jax.logs import quiet
 
-import numpy as np
-from absl import app, flags
+quiet()  # no font-cache INFO line when matplotlib first runs
 
-from bt_jax import skin_tone
-from bt_jax.data.folder import load_images
-from bt_jax.data.sources import folder_records
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bt_jax import skin_tone  # noqa: E402
+from bt_jax.data.folder import load_images  # noqa: E402
+from bt_jax.data.sources import folder_records  # noqa: E402
 
 _DATA = flags.DEFINE_string("data_dir", None, "Folder of <identity>/<Name>_SSSS_VVVV.jpg.")
 _EXCLUDE = flags.DEFINE_string("exclude_file", "", "Exclusion list from scripts/clean_data.py; "

@@ -10,8 +10,10 @@ divergence and checkpoint write failures exit with status 1 and one line.
 """
 
 from bt_jax.devices import simulate_cpu_devices
+from bt_jax.logs import quiet
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
+quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 
 import os  # noqa: E402
 import sys  # noqa: E402

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from bt_jax import convert
+from bt_jax.convert_slots import expected_source_shapes
+from bt_jax.convert_sources import write_release_pickle
 from bt_jax.models import BarlowTwins, Projector, resnet50
 from bt_jax.pretrained import load_pretrained
 
@@ -65,7 +67,7 @@ def release_pickle(reference, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("vggface2") / "resnet50_ft_weight.pkl")
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
     assert "bn1.num_batches_tracked" in state
-    convert.write_release_pickle(path, state)
+    write_release_pickle(path, state)
     return path
 
 
@@ -189,14 +191,14 @@ def _tiny_state(seed: int = 0):
     """A release-format state dict for the tiny architecture, fc and counters included."""
     rng = np.random.default_rng(seed)
     state = {k: rng.normal(size=s).astype(np.float32)
-             for k, s in convert.expected_source_shapes("tiny", num_classes=5).items()}
+             for k, s in expected_source_shapes("tiny", num_classes=5).items()}
     state["bn1.num_batches_tracked"] = np.array(7, np.int64)
     return state
 
 
 def _write(tmp_path, state, name="weights.pkl") -> str:
     path = str(tmp_path / name)
-    convert.write_release_pickle(path, state)
+    write_release_pickle(path, state)
     return path
 
 

@@ -110,7 +110,7 @@ def test_source_aware_never_pairs_one_photo_and_prefers_masked_with_unmasked():
         "b": [(1, None), (1, None), (1, None), (2, None)],       # capacity 1
         "c": [(5, None), (5, None)]})                            # one photo: left out
     with pytest.warns(UserWarning, match=r"left out 1 of 3 identities.*one source photo"):
-        sampler = PairSampler(records, seed=0, mode="source_aware")
+        sampler = PairSampler(records, seed=0, pair_sampler="source_aware")
     assert sampler.pairs_per_epoch == 3 + 1
     for epoch in range(20):
         pairs = sampler.epoch_pairs(epoch)
@@ -121,7 +121,7 @@ def test_source_aware_never_pairs_one_photo_and_prefers_masked_with_unmasked():
         assert sum(x.masked is False and y.masked is True for x, y in a_pairs) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = PairSampler(records, seed=0, mode="source_aware")
+        again = PairSampler(records, seed=0, pair_sampler="source_aware")
     np.testing.assert_array_equal(sampler.epoch_pairs(3), again.epoch_pairs(3))
     assert cross_source_capacity([3, 1]) == 1 and cross_source_capacity([2, 2, 2]) == 3
 
@@ -130,7 +130,7 @@ def test_same_source_pairs_two_variants_of_one_photo():
     records = _records({
         "a": [(1, False), (1, True), (1, True), (2, False), (2, True)],  # 1 + 1 pairs
         "b": [(3, None), (4, None)]})                                  # no photo twice
-    sampler = PairSampler(records, seed=0, mode="same_source")
+    sampler = PairSampler(records, seed=0, pair_sampler="same_source")
     assert sampler.pairs_per_epoch == 2
     seen = set()
     for epoch in range(10):
@@ -145,9 +145,9 @@ def test_same_source_pairs_two_variants_of_one_photo():
 
 def test_hosts_get_disjoint_rows_of_each_global_batch(synth):
     records = scan_folder(synth)
-    full = PairSampler(records, seed=1, mode="all_pairs").host_pairs(
+    full = PairSampler(records, seed=1, pair_sampler="all_pairs").host_pairs(
         0, 8, process_index=0, process_count=1)
-    parts = [PairSampler(records, seed=1, mode="all_pairs").host_pairs(
+    parts = [PairSampler(records, seed=1, pair_sampler="all_pairs").host_pairs(
         0, 8, process_index=p, process_count=2) for p in range(2)]
     assert parts[0].shape == (full.shape[0], 4, 2)
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), full)
@@ -161,9 +161,9 @@ def test_hosts_get_disjoint_rows_of_each_global_batch(synth):
 def test_stream_matches_preloaded_batches_and_resumes_exactly(synth):
     source = _folder_source(synth)
     records, images = sources.preload(source, 32, progress=False)
-    preloaded = PairDataset(records, images, seed=2, pairs_per_identity="source_aware",
+    preloaded = PairDataset(records, images, seed=2, pair_sampler="source_aware",
                             process_index=0, process_count=1)
-    stream = StreamingPairs(source, 32, seed=2, mode="source_aware", workers=3,
+    stream = StreamingPairs(source, 32, seed=2, pair_sampler="source_aware", workers=3,
                             process_index=0, process_count=1)
     expected, got = list(preloaded.batches(1, 6)), list(stream.batches(1, 6))
     assert len(got) == stream.steps_per_epoch(6) == len(expected) == 27 // 6
@@ -178,10 +178,10 @@ def test_both_loaders_feed_the_devices_one_layout_through_one_prefetch(synth):
     """Device d's slice of a batch holds pairs d*b..(d+1)*b-1 of the host batch: view 1
     at [d, 0], view 2 at [d, 1]; preloaded and streamed batches arrive identical."""
     source = _folder_source(synth)
-    stream = StreamingPairs(source, 32, seed=0, mode="all_pairs",
+    stream = StreamingPairs(source, 32, seed=0, pair_sampler="all_pairs",
                             process_index=0, process_count=1)
     preloaded = PairDataset(*sources.preload(source, 32, progress=False), seed=0,
-                            pairs_per_identity="all_pairs", process_index=0, process_count=1)
+                            pair_sampler="all_pairs", process_index=0, process_count=1)
     mesh = parallel.device_mesh(8)
     fed = [parallel.prefetch_to_devices(d.batches(0, 16, devices=8), mesh, 2)
            for d in (stream, preloaded)]
@@ -217,8 +217,8 @@ def test_corrupt_jpeg_is_skipped_with_a_warning_and_counted(synth, tmp_path):
     bad = root / "Synth_00001" / "Synth_00001_0002_0001.jpg"
     bad.write_bytes(bad.read_bytes()[:200])                  # truncated JPEG
     (root / "Synth_00002" / "Synth_00002_0001_0000.jpg").write_bytes(b"not an image")
-    stream = StreamingPairs(_folder_source(root), 32, seed=0, mode="all_pairs", workers=2,
-                            process_index=0, process_count=1)
+    stream = StreamingPairs(_folder_source(root), 32, seed=0, pair_sampler="all_pairs",
+                            workers=2, process_index=0, process_count=1)
     with pytest.warns(UserWarning, match="skipped unreadable image") as caught:
         for epoch in range(3):
             batches = list(stream.batches(epoch, 8))
@@ -290,7 +290,7 @@ def test_tfds_source_yields_the_folder_examples(synth, tmp_path):
                               "train", str(tmp_path))
     _same_examples(folder, tfds)
     assert len(tfds.records) == 6 * 9 - 1 and tfds.records[5].masked is not None
-    stream = StreamingPairs(tfds, 32, seed=0, mode="all_pairs", workers=2,
+    stream = StreamingPairs(tfds, 32, seed=0, pair_sampler="all_pairs", workers=2,
                             process_index=0, process_count=1)
     with pytest.warns(UserWarning, match="Synth_00004_0003_0002"):
         for _ in stream.batches(0, 8):
@@ -311,7 +311,7 @@ def test_real_mlfw_val_folder_and_tfds_agree_and_stream(tmp_path):
                                           tfds_dir=str(tmp_path / "tfds")), "train",
                                   str(tmp_path))
         _same_examples(folder, tfds)
-        stream = StreamingPairs(tfds, 112, seed=0, mode="source_aware", process_index=0,
+        stream = StreamingPairs(tfds, 112, seed=0, pair_sampler="source_aware", process_index=0,
                                 process_count=1)
     assert next(stream.batches(0, 64)).shape == (1, 2, 64, 112, 112, 3)
     assert not stream.skipped
@@ -400,6 +400,38 @@ def test_crop_area_min_reaches_the_recipes_crop(synth, monkeypatch):
     x = faces[0].astype(np.float32) / 255
     np.testing.assert_allclose(crop(jax.random.PRNGKey(3), x, x.shape[0], (1.0, 1.0), (1, 1)),
                                x, atol=1e-5)
+
+
+def _hsv_hue_reference(images, turns):
+    """The HSV definition of a hue shift (torchvision's adjust_hue), pixel by pixel."""
+    import colorsys
+
+    out = np.empty(images.shape, np.float64)
+    for n, turn in enumerate(turns):
+        for index in np.ndindex(images.shape[1:3]):
+            h, s, v = colorsys.rgb_to_hsv(*images[(n, *index)].astype(np.float64))
+            out[(n, *index)] = colorsys.hsv_to_rgb((h + turn) % 1.0, s, v)
+    return out
+
+
+def _torchvision_hue(images, turns):
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    import torch
+
+    return np.stack([functional.adjust_hue(torch.from_numpy(im).permute(2, 0, 1), float(t))
+                     .permute(1, 2, 0).numpy() for im, t in zip(images, turns)])
+
+
+@pytest.mark.parametrize("reference", [_hsv_hue_reference, _torchvision_hue])
+def test_hue_shift_is_torchvisions_hsv_hue_shift(reference):
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 12, 12, 3), dtype=np.float32)
+    # Grays, primaries and ties between the largest channels take the special branches.
+    images[0, 0, :6] = [[0.5] * 3, [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.2, 0.7, 0.7]]
+    images[1] = np.round(images[1] * 4) / 4
+    turns = np.asarray([-0.5, -0.1, 0.0, 0.03, 0.25, 0.5], np.float32)
+    ours = jax.vmap(augment.hue_shift)(images, turns)
+    np.testing.assert_allclose(ours, reference(images, turns), atol=1e-5)
 
 
 def test_hold_out_moves_whole_identities_reproducibly_and_relabels():

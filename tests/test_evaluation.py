@@ -2,6 +2,7 @@
 10-fold verification, bootstrap intervals, per-group accuracy, the evaluate script."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -330,8 +331,8 @@ def test_groups_report_support_empty_groups_and_warns_on_unknown_identities(tmp_
 # ------------------------------------------------------------------- the script
 
 
-def _evaluate(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=cwd,
+def _evaluate(*args, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -354,6 +355,20 @@ def test_evaluate_script_writes_results_and_plots_and_fails_in_one_line(folder, 
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ValueError: --protocol=split "
                                                           "needs --data_dir")
+
+
+def test_evaluate_script_prints_no_start_up_info_lines(folder, tmp_path):
+    # As a user runs it: jax probes every backend (these tests pin JAX_PLATFORMS=cpu) and
+    # matplotlib builds its font cache for the first plot.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["MPLCONFIGDIR"] = str(tmp_path / "matplotlib")
+    run = _evaluate("--config", "configs/synthetic.py", "--config.data.image_size=16",
+                    "--raw_pixels", f"--data_dir={folder}", f"--out={tmp_path / 'out'}",
+                    env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "matplotlib").is_dir()       # the cache was built in this run
+    for noise in ("Unable to initialize backend", "generated new fontManager"):
+        assert noise not in run.stderr
 
 
 def _check_results_table(path, results):

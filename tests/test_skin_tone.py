@@ -11,7 +11,7 @@ import pytest
 from skimage import color
 
 from bt_jax import skin_tone as st
-from bt_jax.data import synthetic
+from bt_jax.data import faces, masks, synthetic
 from bt_jax.evaluation.groups import read_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,8 +161,9 @@ def test_synthetic_faces_are_ranked_by_their_skin_colour():
 
     truth, measured = [], []
     for index in range(24):
-        ident, photo = synthetic.sample_identity(0, index), synthetic.sample_photo(0, index, 1)
-        image = synthetic.render_face(ident, photo, synthetic.sample_mask(0, index, 1, 1), SIZE)
+        ident, photo = faces.sample_identity(0, index), faces.sample_photo(0, index, 1)
+        mask = masks.sample_mask(0, index, 1, 1)
+        image = synthetic.render_variants(ident, photo, [mask], SIZE)[1]
         tone, _ = st.measure(image)
         if photo.grayscale:
             assert tone.status == st.GRAY

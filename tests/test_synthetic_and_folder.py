@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_jax.data import synthetic
+from bt_jax.data import faces, masks, synthetic
 from bt_jax.data.folder import (ImageRecord, PairDataset, load_images, parse_image_name,
                                 scan_folder)
 
@@ -69,9 +69,9 @@ def test_layout_names_and_masked_list(synth):
 
 
 def test_masks_change_only_the_lower_face():
-    ident, photo = synthetic.sample_identity(0, 7), synthetic.sample_photo(0, 7, 1)
+    ident, photo = faces.sample_identity(0, 7), faces.sample_photo(0, 7, 1)
     plain, masked = synthetic.render_variants(
-        ident, photo, [synthetic.sample_mask(0, 7, 1, 1)], image_size=64)
+        ident, photo, [masks.sample_mask(0, 7, 1, 1)], image_size=64)
     changed = np.abs(plain.astype(int) - masked.astype(int)).max(-1) > 30
     assert changed[40:].mean() > 0.2          # the mask covers nose and mouth ...
     assert changed[:16].mean() < 0.02         # ... and leaves forehead and hair alone
@@ -184,10 +184,10 @@ def test_pairs_are_deterministic_per_seed_and_epoch(synth_data):
     assert make(4).epoch_pairs(5).tolist() != a.epoch_pairs(5).tolist()
 
 
-@pytest.mark.parametrize("mode", ["standard", "all_pairs"])
-def test_pairs_prefer_other_sources_and_put_unmasked_first(synth_data, mode):
+@pytest.mark.parametrize("sampler", ["standard", "all_pairs"])
+def test_pairs_prefer_other_sources_and_put_unmasked_first(synth_data, sampler):
     records, images = synth_data
-    data = PairDataset(records, images, seed=0, pairs_per_identity=mode)
+    data = PairDataset(records, images, seed=0, pair_sampler=sampler)
     for epoch in range(3):
         pairs = data.epoch_pairs(epoch)
         first, second = [records[i] for i in pairs[:, 0]], [records[i] for i in pairs[:, 1]]
@@ -195,9 +195,9 @@ def test_pairs_prefer_other_sources_and_put_unmasked_first(synth_data, mode):
         mixed = [a.masked != b.masked for a, b in zip(first, second)]
         assert all(a.masked is False for a, b in zip(first, second) if a.masked != b.masked)
         # 3 unmasked + 6 masked per identity: every pair, or all 3 unmasked, get mixed.
-        assert sum(mixed) == (6 if mode == "standard" else 6 * 3)
+        assert sum(mixed) == (6 if sampler == "standard" else 6 * 3)
         assert len(np.unique(pairs)) == pairs.size      # no image twice in an epoch
-    expected = 6 if mode == "standard" else 6 * (9 // 2)
+    expected = 6 if sampler == "standard" else 6 * (9 // 2)
     assert len(pairs) == data.pairs_per_epoch == expected
 
 
@@ -206,7 +206,7 @@ def test_all_pairs_count_and_preferences_on_uneven_identities():
                + _records([1, 1, 1, 2, 2], [True, False, True, True, True], 1)
                + _records([7], [None], 2))                  # one image: no pair
     images = np.zeros((len(records), 4, 4, 3), np.uint8)
-    data = PairDataset(records, images, seed=1, pairs_per_identity="all_pairs")
+    data = PairDataset(records, images, seed=1, pair_sampler="all_pairs")
     assert data.pairs_per_epoch == 4 // 2 + 5 // 2
     for epoch in range(10):
         pairs = data.epoch_pairs(epoch)
@@ -217,7 +217,7 @@ def test_all_pairs_count_and_preferences_on_uneven_identities():
 
 
 def test_batches_shapes_and_exact_resume(synth_data):
-    data = PairDataset(*synth_data, seed=0, pairs_per_identity="all_pairs")
+    data = PairDataset(*synth_data, seed=0, pair_sampler="all_pairs")
     assert data.steps_per_epoch(5) == 24 // 5
     full = list(data.batches(2, 5))
     assert len(full) == 4

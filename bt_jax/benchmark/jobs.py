@@ -188,7 +188,8 @@ def pipeline(spec) -> Dict[str, Any]:
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as workdir:
             warnings.simplefilter("ignore")  # identities with a single image
             source = sources.open_split(config, "train", workdir)
-        stream = StreamingPairs(source, size, seed=0, mode="all_pairs", workers=spec["workers"])
+        stream = StreamingPairs(source, size, seed=0, pair_sampler="all_pairs",
+                                workers=spec["workers"])
         rate = measure.pipeline_rate(stream, spec["batch"], spec["batches"])
         out[str(size)] = {"images_per_s": rate, "threads": stream.workers}
         measure.log(f"  pipeline at {size} px: {rate:.0f} images/s ({stream.workers} threads)")

@@ -1,10 +1,11 @@
-"""Barlow Twins augmentations and a synthetic-mask augmentation, on the device.
+"""Image augmentations and a synthetic-mask augmentation, on the device.
 
-``augment(rng, images, cfg, view=...)`` is a drop-in for ``preprocess.augment``
-inside the train step: uint8 (B, H, W, 3) in, float32 in 0..255 out. With
-``cfg.barlow_twins`` it applies the paper's recipe (Zbontar et al. 2021, after
-BYOL): random resized crop, horizontal flip, colour jitter, grayscale, Gaussian
-blur and solarization, blur and solarization with different odds per view.
+``augment(rng, images, cfg, view=...)`` runs inside the train step: uint8
+(B, H, W, 3) in, float32 in 0..255 out. By default it applies the simple options
+of ``config.augment`` (zoom crop, flip, brightness, contrast, grayscale). With
+``cfg.barlow_twins`` it applies the paper's recipe instead (Zbontar et al. 2021,
+after BYOL): random resized crop, horizontal flip, colour jitter, grayscale,
+Gaussian blur and solarization, blur and solarization with different odds per view.
 With ``cfg.mask_prob > 0`` the second view (``view=1``) gets a synthetic face
 mask first, with that probability, so a pair shows the same face with and
 without a mask: data without masks then trains the same invariance as MLFW.
@@ -16,9 +17,9 @@ accelerator; the randomness comes from the step's key, so it is reproducible
 whatever the number of decode workers; and the crop can resample straight from
 the stored size to the model's size (``out_size``) in one pass.
 
-The masks come from ``bt_jax.data.synthetic``'s mask drawing, placed in the
-frame of 112x112-aligned faces (eyes near row 52, mouth near row 92, as in MLFW
-and ArcFace crops), rendered once per image size into a bank of premultiplied
+The masks come from ``bt_jax.data.masks``, placed in the frame of
+112x112-aligned faces (eyes near row 52, mouth near row 92, as in MLFW and
+ArcFace crops), rendered once per image size into a bank of premultiplied
 colour + alpha layers.
 """
 
@@ -28,12 +29,12 @@ import dataclasses
 import functools
 import math
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import preprocess
-from bt_jax.data import synthetic
+from bt_jax.data import masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,47 +57,17 @@ class Recipe:
 BARLOW_TWINS = Recipe()
 MASK_BANK_SIZE = 24
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
-_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                   np.float32)
-_FROM_YIQ = np.linalg.inv(_TO_YIQ).astype(np.float32)
 
 
 # --------------------------------------------------------------------- masks
 
 
-def _aligned_face():
-    """Identity, photo and layout that put the synthetic face where aligned crops put faces.
-
-    Scale 1.6 and a downward shift put the eyes at row ~52/112, 35 px apart, and
-    the face about 90 px wide; only the fields the mask drawing reads matter.
-    """
-    ident = dataclasses.replace(synthetic.sample_identity(0, 0), eye_y=-0.15, eye_dx=0.2,
-                                face_rx=0.5, face_ry_chin=0.62, nose_len=0.3)
-    photo = dataclasses.replace(synthetic.sample_photo(0, 0, 1), shift=(0.0, 0.16), angle=0.0,
-                                scale=1.6, yaw=0.0)
-    return ident, photo, synthetic._layout(ident, photo)
-
-
 @functools.lru_cache(maxsize=4)
 def mask_bank(size: int, count: int = MASK_BANK_SIZE, seed: int = 0) -> np.ndarray:
-    """float32 (count, size, size, 4): premultiplied RGB and alpha of ``count`` masks.
-
-    Each mask is drawn over black and over white: painting is a linear blend,
-    so the two results give the mask's colour (over black) and its
-    transmittance (white minus black), whatever shapes and patterns it has.
-    """
-    ident, photo, lay = _aligned_face()
-    bank = []
-    for k in range(count):
-        mask = synthetic.sample_mask(seed, k, 1, 1 + k % 3)
-        over = []
-        for background in (0.0, 1.0):
-            canvas = synthetic._Canvas(size, photo)
-            canvas.img[:] = background
-            synthetic._draw_mask(canvas, ident, lay, mask)
-            over.append(canvas.img)
-        alpha = 1.0 - (over[1] - over[0]).mean(-1, keepdims=True)
-        bank.append(np.concatenate([over[0], alpha], -1))
+    """float32 (count, size, size, 4): premultiplied RGB and alpha of ``count`` masks
+    (``masks.mask_layer``), the three kinds in turn."""
+    bank = [masks.mask_layer(masks.sample_mask(seed, k, 1, 1 + k % 3), size)
+            for k in range(count)]
     return np.clip(np.stack(bank), 0.0, 1.0).astype(np.float32)
 
 
@@ -138,17 +109,22 @@ def _gray(image):
     return jnp.repeat((image @ _GRAY)[..., None], 3, axis=-1)
 
 
-def _hue_shift(image, turn):
-    """Rotate the chroma by ``turn`` of a full turn in YIQ space (a linear stand-in for
-    torchvision's HSV hue shift, close for the small shifts used here)."""
-    c, s = jnp.cos(2 * jnp.pi * turn), jnp.sin(2 * jnp.pi * turn)
-    rotate = jnp.stack([jnp.asarray([1.0, 0.0, 0.0]), jnp.stack([0.0, c, -s]),
-                        jnp.stack([0.0, s, c])])
-    return image @ (_FROM_YIQ @ rotate @ _TO_YIQ).T
+def hue_shift(image, turn):
+    """torchvision's ``adjust_hue``: ``turn`` (in [-0.5, 0.5]) added to the HSV hue, wrapping.
+
+    dm-pix's conversion matches torchvision's HSV definition; its brightness,
+    contrast and saturation follow tf.image instead (additive brightness,
+    per-channel contrast mean, HSV saturation), hence only the hue comes from it.
+    """
+    return pix.adjust_hue(image, turn)
 
 
 def colour_jitter(key, image, recipe: Recipe = BARLOW_TWINS):
-    """Brightness, contrast, saturation and hue, each by a random factor, clipped to 0..1."""
+    """Brightness, contrast, saturation and hue, each by a random factor, clipped to 0..1.
+
+    Each as torchvision's ColorJitter defines it (the reference recipe's), applied
+    in that fixed order rather than torchvision's random one.
+    """
     kb, kc, ks, kh = jax.random.split(key, 4)
 
     def factor(k, amount):
@@ -160,7 +136,7 @@ def colour_jitter(key, image, recipe: Recipe = BARLOW_TWINS):
     gray = _gray(x)
     x = jnp.clip(gray + (x - gray) * factor(ks, recipe.saturation), 0, 1)
     turn = jax.random.uniform(kh, (), minval=-recipe.hue, maxval=recipe.hue)
-    return jnp.clip(_hue_shift(x, turn), 0, 1)
+    return jnp.clip(hue_shift(x, turn), 0, 1)
 
 
 def gaussian_blur(image, sigma, radius: int):
@@ -193,11 +169,49 @@ def barlow_twins_one(key, image, view: int, out_size: int, recipe: Recipe = BARL
     return jnp.clip(x, 0.0, 1.0)
 
 
+# -------------------------------------------------------------------- simple
+
+
+def _simple_one(rng, image, cfg):
+    """Random zoom-crop, flip, brightness/contrast and grayscale on one float image in [0,1]."""
+    k_scale, k_shift, k_flip, k_bright, k_contrast, k_gray = jax.random.split(rng, 6)
+    size = image.shape[0]
+    if cfg.crop_scale > 1.0:
+        scale = jax.random.uniform(k_scale, (), minval=1.0, maxval=cfg.crop_scale)
+        shift = jax.random.uniform(k_shift, (2,), minval=0.0, maxval=1.0) * size * (1 - scale)
+        image = jax.image.scale_and_translate(
+            image, image.shape, (0, 1), jnp.stack([scale, scale]), shift, "linear")
+    if cfg.flip:
+        image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
+    if cfg.brightness > 0:
+        image = image * (1 + jax.random.uniform(k_bright, (), minval=-1, maxval=1) * cfg.brightness)
+    if cfg.contrast > 0:
+        mean = image.mean()
+        factor = 1 + jax.random.uniform(k_contrast, (), minval=-1, maxval=1) * cfg.contrast
+        image = (image - mean) * factor + mean
+    if cfg.grayscale_prob > 0:
+        gray = image @ jnp.asarray([0.299, 0.587, 0.114], image.dtype)
+        image = jnp.where(jax.random.bernoulli(k_gray, cfg.grayscale_prob),
+                          jnp.repeat(gray[..., None], 3, -1), image)
+    return jnp.clip(image, 0.0, 1.0)
+
+
+def simple_augment(rng, images, cfg):
+    """The simple options of ``cfg`` on each image: 0..255 (B, H, W, 3) in, float32 0..255 out.
+
+    Input and output in 0..255 with the rescaling inside: the recorded results
+    depend on these exact float operations.
+    """
+    x = images.astype(jnp.float32) / 255.0
+    keys = jax.random.split(rng, x.shape[0])
+    return jax.vmap(lambda k, im: _simple_one(k, im, cfg))(keys, x) * 255.0
+
+
 # ------------------------------------------------------------------ the step
 
 
 def augment(rng, images, cfg, *, view: int = 0, out_size: int | None = None):
-    """Drop-in for ``preprocess.augment``: uint8 (B, H, W, 3) -> float32 0..255 (B, S, S, 3).
+    """uint8 (B, H, W, 3) -> float32 0..255 (B, S, S, 3), one view of a pair.
 
     ``cfg`` is ``config.augment``: ``barlow_twins`` picks the paper's recipe over
     the simple options, ``mask_prob`` masks view 1. ``out_size`` (default H) lets
@@ -222,4 +236,4 @@ def augment(rng, images, cfg, *, view: int = 0, out_size: int | None = None):
         return x * 255.0
     if out_size != size:
         x = jax.image.resize(x, (x.shape[0], out_size, out_size, 3), "linear")
-    return preprocess.augment(k_aug, x * 255.0, cfg)
+    return simple_augment(k_aug, x * 255.0, cfg)

@@ -45,8 +45,10 @@ def write_exclusions(path, entries: Iterable[tuple[str, str]]) -> int:
     return len(entries)
 
 
-def apply_exclusions(records: Sequence, excluded: set[str]) -> list:
-    """``records`` without the excluded keys (labels are not renumbered here)."""
-    if not excluded:
-        return list(records)
-    return [r for r in records if record_key(r) not in excluded]
+def kept_indices(records: Sequence, excluded: set[str]) -> list[int]:
+    """Positions of the ``records`` not on the list, in order.
+
+    Positions rather than records: a source reads images by position, so callers
+    that keep a reader need them (the others index ``records`` with them).
+    """
+    return [i for i, r in enumerate(records) if record_key(r) not in excluded]

@@ -26,8 +26,9 @@ import io
 import os
 import pathlib
 import re
+import threading
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -179,6 +180,48 @@ def decode_image(data: bytes, size: int, name: str = "image") -> np.ndarray:
         raise ValueError(f"cannot decode image {name}: {why}. Replace or delete the "
                          "file, or list it in config.data.exclude_file "
                          "(scripts/clean_data.py writes that list).") from error
+
+
+class SkippingDecoder:
+    """``decode_image`` by position, for loaders that skip unreadable images.
+
+    ``read(i)`` gives the encoded bytes of image ``i`` and ``names[i]`` its name. A
+    failure is recorded in ``skipped`` (name -> why) and the image is not decoded
+    again: the streaming loader asks for the same image every epoch, and a second
+    decode would only repeat the error. Threads may share one decoder.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], names: Sequence[str], size: int, *,
+                 on_skip: Callable[[str, str, int], None] | None = None):
+        self.read, self.names, self.size = read, names, int(size)
+        self.on_skip = on_skip                # (name, why, skipped so far), once per name
+        self.skipped: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, index: int) -> np.ndarray:
+        """uint8 (size, size, 3) of image ``index``; ValueError saying why if unreadable."""
+        name = self.names[index]
+        if name in self.skipped:
+            raise ValueError(self.skipped[name])
+        try:
+            return decode_image(self.read(index), self.size, name)
+        except (OSError, ValueError, KeyError) as error:
+            # read() may raise a bare KeyError or OSError: keep at least its type.
+            why = str(error) or type(error).__name__
+            with self._lock:
+                first = name not in self.skipped
+                self.skipped[name] = why
+                count = len(self.skipped)
+            if first and self.on_skip is not None:
+                self.on_skip(name, why, count)
+            raise ValueError(why) from error
+
+    def try_decode(self, index: int) -> np.ndarray | None:
+        """Like calling the decoder, but None for an unreadable image."""
+        try:
+            return self(index)
+        except ValueError:
+            return None
 
 
 def _load_one(path: str, size: int) -> np.ndarray:

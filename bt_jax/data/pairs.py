@@ -147,11 +147,12 @@ def resolve_processes(process_index: int | None, process_count: int | None) -> t
 class PairSampler:
     """Which images to pair in each epoch; knows records only, never pixels."""
 
-    def __init__(self, records: Sequence, *, seed: int, mode: str = "standard"):
-        if mode not in PAIR_MODES:
-            raise ValueError(f"pair sampler {mode!r} is unknown (config.data.pair_sampler); "
-                             f"use one of {PAIR_MODES}.")
-        self.records, self.seed, self.mode = list(records), int(seed), mode
+    def __init__(self, records: Sequence, *, seed: int, pair_sampler: str = "standard"):
+        if pair_sampler not in PAIR_MODES:
+            raise ValueError(f"pair sampler {pair_sampler!r} is unknown "
+                             f"(config.data.pair_sampler); use one of {PAIR_MODES}.")
+        self.records, self.seed = list(records), int(seed)
+        self.pair_sampler = pair_sampler
         by_label = {}
         for i, record in enumerate(self.records):
             by_label.setdefault(record.label, []).append(i)
@@ -163,7 +164,7 @@ class PairSampler:
         self.pairs_per_epoch = sum(self._pairs_of(ident) for ident in self._identities)
 
     def _drop_unpairable(self, identities: list[_Identity]) -> list[_Identity]:
-        if self.mode != "source_aware":
+        if self.pair_sampler != "source_aware":
             return identities
         kept = [i for i in identities if cross_source_capacity(np.bincount(i.groups)) > 0]
         if len(kept) < len(identities):
@@ -173,11 +174,11 @@ class PairSampler:
         return kept
 
     def _pairs_of(self, ident: _Identity) -> int:
-        if self.mode == "standard":
+        if self.pair_sampler == "standard":
             return 1
-        if self.mode == "all_pairs":
+        if self.pair_sampler == "all_pairs":
             return len(ident.indices) // 2
-        if self.mode == "same_source":
+        if self.pair_sampler == "same_source":
             return _same_source_capacity(ident)
         return cross_source_capacity(np.bincount(ident.groups))
 
@@ -185,7 +186,7 @@ class PairSampler:
         """int64 (P, 2) indices into ``records`` for ``epoch``, shuffled; same on every host."""
         rng = np.random.default_rng((self.seed, int(epoch)))
         pick = {"source_aware": _pick_cross_source_pairs,
-                "same_source": _pick_same_source_pairs}.get(self.mode, _pick_pairs)
+                "same_source": _pick_same_source_pairs}.get(self.pair_sampler, _pick_pairs)
         pairs = [pair for ident in self._identities
                  for pair in pick(ident, self._pairs_of(ident), rng)]
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
@@ -194,13 +195,13 @@ class PairSampler:
     def steps_per_epoch(self, global_batch: int) -> int:
         """Full batches per epoch; the remainder of the pairs is dropped."""
         if global_batch < 1 or self.pairs_per_epoch // global_batch == 0:
-            more = ("" if self.mode == "all_pairs" else
+            more = ("" if self.pair_sampler == "all_pairs" else
                     ", or set config.data.pair_sampler='all_pairs' (the most pairs per identity)")
             raise ValueError(
                 f"{self.pairs_per_epoch} pairs per epoch (config.data.pair_sampler="
-                f"{self.mode!r} over {len(self._identities)} identities with >= 2 images) do "
-                f"not fill one batch of config.optim.batch_size={global_batch}; lower the "
-                f"batch size or add identities{more}.")
+                f"{self.pair_sampler!r} over {len(self._identities)} identities with >= 2 "
+                f"images) do not fill one batch of config.optim.batch_size={global_batch}; "
+                f"lower the batch size or add identities{more}.")
         return self.pairs_per_epoch // global_batch
 
     def host_pairs(self, epoch: int, global_batch: int, *, process_index: int | None = None,
@@ -235,16 +236,16 @@ def check_start_step(start_step: int, steps: int, global_batch: int) -> None:
 class PairDataset(PairSampler):
     """Pairs over images preloaded in memory (``folder.load_images``).
 
-    ``pairs_per_identity`` is the sampler (see the module docstring).
+    ``pair_sampler`` is one of ``PAIR_MODES`` (see the module docstring).
     """
 
     def __init__(self, records: Sequence, images: np.ndarray, *, seed: int,
-                 pairs_per_identity: str = "standard", process_index: int | None = None,
+                 pair_sampler: str = "standard", process_index: int | None = None,
                  process_count: int | None = None):
         if len(records) != len(images):
             raise ValueError(f"{len(records)} records but {len(images)} images: load the "
                              "images from the same records (load_images(records, size)).")
-        super().__init__(records, seed=seed, mode=pairs_per_identity)
+        super().__init__(records, seed=seed, pair_sampler=pair_sampler)
         self.images = images
         self.process_index, self.process_count = process_index, process_count
 

@@ -23,14 +23,13 @@ shapes, steps per epoch and resumed runs stay exactly as without the failure.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from typing import Iterator
 
 import grain
 import numpy as np
 
-from bt_jax.data.folder import decode_image
+from bt_jax.data.folder import SkippingDecoder
 from bt_jax.data.pairs import PairSampler, check_start_step, device_layout
 
 # Replacement pairs tried before giving up: with a tenth of the images corrupt a pair
@@ -50,43 +49,33 @@ class StreamingPairs(PairSampler):
     decoded ahead of the consumer.
     """
 
-    def __init__(self, source, image_size: int, *, seed: int, mode: str = "standard",
+    def __init__(self, source, image_size: int, *, seed: int, pair_sampler: str = "standard",
                  workers: int = 0, prefetch: int = 2, process_index: int | None = None,
                  process_count: int | None = None, progress: bool = False):
         if image_size < 1 or workers < 0 or prefetch < 1:
             raise ValueError(f"image_size={image_size}, workers={workers} and "
                              f"prefetch={prefetch} must be >= 1, >= 0 and >= 1 "
                              "(config.data.image_size / workers / prefetch).")
-        super().__init__(source.records, seed=seed, mode=mode)
+        super().__init__(source.records, seed=seed, pair_sampler=pair_sampler)
         self.source, self.image_size = source, int(image_size)
         self.workers, self.prefetch = workers or default_workers(), int(prefetch)
         self.process_index, self.process_count = process_index, process_count
         self.progress = progress
-        self.skipped: dict[str, str] = {}     # record path -> error, for the whole run
-        self._lock = threading.Lock()
+        self._decode = SkippingDecoder(source.read, [r.path for r in source.records],
+                                       self.image_size, on_skip=self._skip)
+        self.skipped = self._decode.skipped   # record path -> error, for the whole run
 
     # ------------------------------------------------------------------ images
 
     def _image(self, index: int) -> np.ndarray:
-        name = self.records[index].path
-        if name in self.skipped:
-            raise ValueError(self.skipped[name])
-        try:
-            return decode_image(self.source.read(index), self.image_size, name)
-        except (OSError, ValueError, KeyError) as error:
-            self._skip(name, error)
-            raise ValueError(str(error)) from error
+        return self._decode(index)
 
-    def _skip(self, name: str, error: Exception) -> None:
-        with self._lock:
-            first = name not in self.skipped
-            self.skipped[name] = str(error)
-            count = len(self.skipped)
-        if first:
-            warnings.warn(f"skipped unreadable image {name} ({error}); {count} skipped so "
-                          "far. Its pairs are replaced by other pairs of the epoch; list it "
-                          "in config.data.exclude_file (scripts/clean_data.py) to stop "
-                          "decoding it.", stacklevel=2)
+    @staticmethod
+    def _skip(name: str, why: str, count: int) -> None:
+        warnings.warn(f"skipped unreadable image {name} ({why}); {count} skipped so "
+                      "far. Its pairs are replaced by other pairs of the epoch; list it "
+                      "in config.data.exclude_file (scripts/clean_data.py) to stop "
+                      "decoding it.", stacklevel=2)
 
     def _load_pair(self, epoch: int, position: int, pair, pool: np.ndarray) -> np.ndarray:
         """uint8 (2, S, S, 3) of ``pair``, or of a replacement drawn from ``pool``."""

@@ -28,8 +28,8 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from bt_jax.data.exclusions import read_exclusions, record_key
-from bt_jax.data.folder import decode_image, scan_folder
+from bt_jax.data.exclusions import kept_indices, read_exclusions
+from bt_jax.data.folder import SkippingDecoder, scan_folder
 from bt_jax.data.pairs import PairDataset
 from bt_jax.data.synthetic import write_synthetic_dataset
 
@@ -98,7 +98,7 @@ def _file_reader(paths: list[str]) -> Callable[[int], bytes]:
 def finalize(name: str, records, read, *, excluded: set, min_images: int) -> ImageSource:
     """Apply the exclusion list, leave out small identities (one summary line) and
     number the labels by sorted identity."""
-    kept = [i for i, r in enumerate(records) if record_key(r) not in excluded]
+    kept = kept_indices(records, excluded)
     counts = collections.Counter(records[i].identity for i in kept)
     small = sorted(k for k, n in counts.items() if n < min_images)
     if small:
@@ -205,32 +205,25 @@ def preload(source: ImageSource, image_size: int, *, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    def load(i):
-        try:
-            return decode_image(source.read(i), image_size, source.records[i].path)
-        except (OSError, ValueError, KeyError) as error:
-            return error if str(error) else ValueError(type(error).__name__)
-
-    n = len(source.records)
+    names = [r.path for r in source.records]
+    decode = SkippingDecoder(source.read, names, image_size)
+    n = len(names)
     out = np.empty((n, image_size, image_size, 3), np.uint8)
-    bad = {}
+    ok = np.zeros(n, bool)
+    desc = f"loading {os.path.basename(source.name)}"
     with concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        for i, pixels in enumerate(tqdm(pool.map(load, range(n)), total=n, unit="img",
-                                        desc=f"loading {os.path.basename(source.name)}",
-                                        disable=not progress)):
-            if isinstance(pixels, Exception):
-                bad[i] = pixels
-            else:
-                out[i] = pixels
-    if bad:
-        # The decoder's message already names the file and says why (zero bytes,
-        # truncated, a decompression bomb, not an image).
-        why = "; ".join(str(e) for e in list(bad.values())[:3])
-        warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images: {why}"
-                      f"{'; ...' if len(bad) > 3 else ''}", stacklevel=2)
-    if not bad:
+        for i, pixels in enumerate(tqdm(pool.map(decode.try_decode, range(n)), total=n,
+                                        unit="img", desc=desc, disable=not progress)):
+            if pixels is not None:
+                out[i], ok[i] = pixels, True
+    if ok.all():
         return list(source.records), out
-    keep = np.setdiff1d(np.arange(n), list(bad))
+    # The decoder's message already names the file and says why (zero bytes,
+    # truncated, a decompression bomb, not an image).
+    bad = [decode.skipped[names[i]] for i in np.flatnonzero(~ok)]
+    warnings.warn(f"{source.name}: skipped {len(bad)} unreadable images: {'; '.join(bad[:3])}"
+                  f"{'; ...' if len(bad) > 3 else ''}", stacklevel=2)
+    keep = np.flatnonzero(ok)
     return [source.records[i] for i in keep], out[keep]
 
 
@@ -239,8 +232,7 @@ def folder_records(folder: str, image_size: int, exclude_file: str = "") -> list
     unreadable images left out with a warning that says why (as in training)."""
     records = scan_folder(folder, min_images_per_identity=1)
     if exclude_file:
-        excluded = read_exclusions(exclude_file)
-        records = [r for r in records if record_key(r) not in excluded]
+        records = [records[i] for i in kept_indices(records, read_exclusions(exclude_file))]
     if not records:
         raise ValueError(f"{folder}: no image is left after the exclusion list {exclude_file}.")
     source = ImageSource(folder, records, _file_reader([r.path for r in records]))
@@ -254,10 +246,10 @@ def train_pairs(config, source: ImageSource):
     if data.loader == "stream":
         from bt_jax.data.pipeline import StreamingPairs   # grain: only when streaming
 
-        return StreamingPairs(source, size, seed=config.seed, mode=data.pair_sampler,
+        return StreamingPairs(source, size, seed=config.seed, pair_sampler=data.pair_sampler,
                               workers=data.workers, prefetch=data.prefetch,
                               progress=config.train.progress)
     if data.loader == "preload":
         return PairDataset(*preload(source, size, progress=config.train.progress),
-                           seed=config.seed, pairs_per_identity=data.pair_sampler)
+                           seed=config.seed, pair_sampler=data.pair_sampler)
     raise ValueError(f"config.data.loader={data.loader!r} is unknown; use 'stream' or 'preload'.")

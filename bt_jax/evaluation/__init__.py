@@ -16,31 +16,16 @@ apart, because raw pixels already match those (see identification.py).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence
 
 import numpy as np
 
-from bt_jax.evaluation import knn, protocols
+from bt_jax.evaluation import protocols
 from bt_jax.evaluation.features import FeatureTable, l2_normalize, raw_pixels
 from bt_jax.evaluation.identification import HEADLINE, Identification
 
-__all__ = ["identification_report", "gallery_probe_split", "knn_accuracy", "raw_pixels",
-           "l2_normalize", "FeatureTable", "Identification"]
-
-
-def gallery_probe_split(records: Sequence) -> Tuple[np.ndarray, np.ndarray]:
-    """Indices of the ``first_source`` protocol's gallery and probes into ``records``."""
-    index = {id(r): i for i, r in enumerate(records)}
-    a = protocols.first_source(records)
-    return (np.asarray([index[id(r)] for r in a.gallery], int),
-            np.asarray([index[id(r)] for r in a.probes], int))
-
-
-def knn_accuracy(gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray,
-                 probe_labels: np.ndarray, metric: str = "cosine") -> float:
-    """Top-1 accuracy of a 1-nearest-neighbour classifier fitted on the gallery."""
-    nearest, _ = knn.nearest(gallery, probes, metric)
-    return float(np.mean(np.asarray(gallery_labels)[nearest] == np.asarray(probe_labels)))
+__all__ = ["identification_report", "raw_pixels", "l2_normalize", "FeatureTable",
+           "Identification"]
 
 
 def identification_report(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
