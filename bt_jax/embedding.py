@@ -116,3 +116,37 @@ def compute_embeddings(embed, variables, images: np.ndarray, config) -> np.ndarr
         emb = distributed.gather_rows(emb.reshape(-1, emb.shape[-1]))
         out.append(emb[mask > 0])
     return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------------------
+# What made a set of embeddings: two galleries compare only under the same fingerprint.
+
+FINGERPRINT_VERSION = 1
+
+
+def preprocessing(config) -> Dict[str, Any]:
+    """The input contract of an embedder: aligned crops of this size, this normalisation,
+    and which output is the embedding."""
+    return {"image_size": int(config.data.image_size),
+            "normalization": config.data.normalization,
+            "embedding": config.eval.embedding, "metric": config.eval.metric}
+
+
+def fingerprint(config, variables: Dict[str, Any]) -> str:
+    """sha256 (32 hex) of the model settings, the preprocessing and every weight (the frozen
+    trunk's too): embeddings with equal fingerprints come from the same function."""
+    import hashlib
+    import json
+
+    settings = {"version": FINGERPRINT_VERSION, "model": config.model.to_dict(),
+                **preprocessing(config)}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    trees = [variables]
+    if trunk.is_frozen(config):
+        trees.append(trunk.trunk_variables(config))
+    for tree in trees:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            array = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{jax.tree_util.keystr(path)}{array.shape}{array.dtype.str}".encode())
+            h.update(array.data)
+    return h.hexdigest()[:32]
