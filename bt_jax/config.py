@@ -39,6 +39,10 @@ def base_config() -> config_dict.ConfigDict:
     # Raw data for 'mlfw_release' and 'tfds' (either layout); '' for 'tfds' = train_dir's parent.
     config.data.manual_dir = ""
     config.data.tfds_dir = ""  # prepared ArrayRecord files; '' = <workdir>/tfds
+    # Side of the aligned face crops the data holds on disk (MLFW's: 112), which identify
+    # insists on (a whole photo squashed to it would silently give a wrong name); 0: the
+    # same as image_size. Crops are resized to image_size on loading.
+    config.data.crop_size = 112
     config.data.exclude_file = ""  # from scripts/clean_data.py; '' excludes nothing
     # Tuning: hold out this fraction of the train identities (fixed by config.seed) and
     # use them, not eval_dir/val_dir, for the 1-NN checks during and after training.
@@ -127,6 +131,18 @@ def base_config() -> config_dict.ConfigDict:
     config.train.progress = True
 
     config.evals = evals_config()
+
+    # Putting a trained network to use (scripts/identify.py, docs/identify.md).
+    config.identify = config_dict.ConfigDict()
+    config.identify.classifier = "1nn"  # '1nn', 'knn' (distance-weighted) or 'svm' (linear)
+    config.identify.k = 5  # neighbours of 'knn'
+    config.identify.top_k = 5  # identities listed per query image
+    # Open-set false-positive identification rates a threshold is calibrated for; the first
+    # is the one a query applies.
+    config.identify.fpir = (0.01, 0.001)
+    # Share of the enrolled folder's identities held out (by config.seed) as strangers to
+    # calibrate the threshold on; they are not enrolled. 0: no threshold.
+    config.identify.holdout_fraction = 0.0
 
     # 'scratch' for random initialisation, or a folder written by scripts/convert_weights.py.
     config.init = "converted_weights/vggface2_resnet50_ft"

@@ -128,6 +128,7 @@ def preprocessing(config) -> Dict[str, Any]:
     """The input contract of an embedder: aligned crops of this size, this normalisation,
     and which output is the embedding."""
     return {"image_size": int(config.data.image_size),
+            "crop_size": int(config.data.crop_size or config.data.image_size),
             "normalization": config.data.normalization,
             "embedding": config.eval.embedding, "metric": config.eval.metric}
 

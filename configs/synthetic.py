@@ -10,6 +10,7 @@ def get_config():
     config = base_config()
     config.data.source = "synthetic"
     config.data.image_size = 64
+    config.data.crop_size = 0  # the generator draws faces at image_size
     config.data.normalization = "mlfw"
     config.data.pair_sampler = "all_pairs"
     config.data.loader = "preload"  # 3,000 small images fit in memory; one progress bar

@@ -98,3 +98,22 @@ def first_source(records: Sequence[ImageRecord]) -> Assignment:
         else:
             single += 1
     return Assignment("first_source", gallery, probes, {"left_out_identities": single})
+
+
+def first_sources(records: Sequence[ImageRecord], count: int = 2) -> Assignment:
+    """Gallery = each identity's first ``count`` source photos (fewer when that would leave
+    no other source to probe with), probes = its other source photos; unmasked/masked as
+    in ``first_source``. Several gallery photos per person: what tells k-NN or an SVM
+    from 1-NN (with one photo each they decide alike)."""
+    gallery, probes, single = [], [], 0
+    for images in _by_identity(records).values():
+        sources = sorted({r.source for r in images})
+        chosen = set(sources[:max(1, min(count, len(sources) - 1))])
+        g = [r for r in images if r.source in chosen and r.masked is not True]
+        p = [r for r in images if r.source not in chosen and r.masked is not False]
+        if g and p:
+            gallery += g
+            probes += p
+        else:
+            single += 1
+    return Assignment(f"first_sources_{count}", gallery, probes, {"left_out_identities": single})

@@ -1,0 +1,159 @@
+"""Enrol people into a gallery, then name the people in aligned face crops, or say unknown.
+
+Inputs are ALIGNED FACE CROPS like the training data's (MLFW: 112x112, eyes and mouth at
+fixed places); this project has no face detector, and an image of another size is
+refused rather than squashed.
+
+  # enrol a folder of <identity>/<image> crops; hold out a quarter of the people as
+  # strangers to calibrate the 'unknown' threshold for config.identify.fpir
+  python scripts/identify.py enrol --config configs/mlfw_facenet.py \
+      --workdir runs/mlfw_facenet --images people/ --out gallery.npz \
+      --config.identify.holdout_fraction=0.25
+  # add people later: only the new images are embedded
+  python scripts/identify.py enrol --config ... --workdir ... --images more/ --out gallery.npz --add
+  # name the faces in images or folders: top-k identities with cosine similarity
+  python scripts/identify.py query --gallery gallery.npz crops/ one.jpg --out answers
+  # the same from an exported embedder alone (scripts/export.py)
+  python scripts/identify.py query --gallery gallery.npz --exported export/ crops/
+  # measured on a labelled folder: classifiers side by side, open-set rates
+  python scripts/identify.py report --config configs/mlfw_facenet.py \
+      --workdir runs/mlfw_facenet --data_dir ../shared/data/mlfw/val --out report.json
+"""
+
+from bt_jax.devices import simulate_cpu_devices
+from bt_jax.logs import quiet
+
+simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
+quiet()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bt_jax import identify_app  # noqa: E402
+from bt_jax.identify import Gallery, list_queries  # noqa: E402
+
+COMMANDS = ("enrol", "query", "report")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (model, crop "
+                                          "and image size, config.identify.*).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint embeds.")
+_INIT = flags.DEFINE_string("init", None, "Converted weights, or 'scratch', instead of a run.")
+_EXPORTED = flags.DEFINE_string("exported", None, "An exported embedder (scripts/export.py) "
+                                "instead of --config/--workdir.")
+_IMAGES = flags.DEFINE_string("images", None, "enrol: folder of <identity>/<image> crops.")
+_GALLERY = flags.DEFINE_string("gallery", None, "query: the gallery file (.npz).")
+_ADD = flags.DEFINE_bool("add", False, "enrol: add to the existing --out gallery.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "query: cosine similarity below which a "
+                                "face is 'unknown' (default: the gallery's calibrated one).")
+_DATA = flags.DEFINE_string("data_dir", None, "report: labelled <identity>/<Name>_SSSS_VVVV "
+                            "crops.")
+_OUT = flags.DEFINE_string("out", None, "enrol: gallery file; query: prefix of the .csv and "
+                           ".json answers; report: JSON file.")
+
+
+def _embedder(config):
+    if _EXPORTED.value:
+        if _WORKDIR.value or _INIT.value:
+            raise ValueError("--exported embeds on its own: drop --workdir/--init.")
+        return identify_app.exported_embedder(_EXPORTED.value)
+    if config is None:
+        raise ValueError("name the model: --config with --workdir or --init, or --exported.")
+    return identify_app.network_embedder(config, workdir=_WORKDIR.value, init=_INIT.value,
+                                         progress=True)
+
+
+def _settings(config):
+    from bt_jax.config import base_config
+
+    return (config or base_config()).identify, (config or base_config()).seed
+
+
+def enrol(config) -> None:
+    if not _IMAGES.value or not _OUT.value:
+        raise ValueError("enrol needs --images (a folder of <identity>/<image>) and --out.")
+    existing = Gallery.load(_OUT.value) if _ADD.value else None
+    if existing is None and os.path.exists(_OUT.value):
+        raise ValueError(f"{_OUT.value} exists: pass --add to add people to it, or another "
+                         "--out.")
+    settings, seed = _settings(config)
+    gallery, skipped, held = identify_app.enrol(_embedder(config), _IMAGES.value,
+                                                identify_config=settings, seed=seed,
+                                                existing=existing)
+    _report_skipped(skipped)
+    gallery.save(_OUT.value)
+    print(f"gallery {_OUT.value}: {len(gallery.people)} people, {len(gallery.files)} images "
+          f"(fingerprint {gallery.fingerprint})")
+    if held:
+        c = gallery.calibration
+        print(f"held out {len(held)} people ({c['strangers']} images) as strangers; "
+              f"thresholds for a gallery of {c['gallery_people']} people: "
+              + ", ".join(f"FPIR {f}: {t:.4f}" for f, t in c["thresholds"].items()))
+
+
+def query(config, paths) -> None:
+    if not _GALLERY.value:
+        raise ValueError("query needs --gallery (from `identify.py enrol`) and image paths.")
+    gallery = Gallery.load(_GALLERY.value)
+    images = list_queries(paths)
+    embedder = (_embedder(config) if _EXPORTED.value or config is not None
+                else identify_app.rebuild_embedder(gallery.source))
+    settings, _ = _settings(config)
+    rows, skipped, threshold = identify_app.query(embedder, gallery, images,
+                                                  identify_config=settings,
+                                                  threshold=_THRESHOLD.value)
+    _report_skipped(skipped)
+    for row in rows:
+        if row["rank"] == 1:
+            print(f"{row['image']}: {row['decision']} (best {row['identity']}, "
+                  f"similarity {row['similarity']:.3f})")
+    if _OUT.value:
+        meta = {"gallery": _GALLERY.value, "threshold": threshold,
+                "classifier": settings.classifier, "skipped": skipped}
+        print("wrote " + ", ".join(identify_app.write_rows(rows, _OUT.value, meta)))
+
+
+def report(config) -> None:
+    from bt_jax.data.sources import folder_records
+    from bt_jax.identify_report import report as measure
+
+    if not _DATA.value or not _OUT.value:
+        raise ValueError("report needs --data_dir (labelled crops) and --out (a JSON file).")
+    settings, seed = _settings(config)
+    embedder = _embedder(config)
+    records = folder_records(_DATA.value, embedder.preprocessing["image_size"])
+    results = measure(embedder, records, settings, seed=seed)
+    with open(_OUT.value, "w") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps({"closed_set": results["closed_set"]["classifiers"],
+                      "open_set_1nn": results["open_set"]["1nn"]["rates"]}, indent=1))
+
+
+def _report_skipped(skipped) -> None:
+    for path, why in skipped.items():
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} image(s) skipped", file=sys.stderr)
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"give a command first: one of {', '.join(COMMANDS)}.")
+    command, rest = argv[1], argv[2:]
+    if command != "query" and rest:
+        raise app.UsageError(f"unexpected arguments: {rest}")
+    try:
+        if command == "enrol":
+            enrol(_CONFIG.value)
+        elif command == "query":
+            query(_CONFIG.value, rest)
+        else:
+            report(_CONFIG.value)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
+
+
+if __name__ == "__main__":
+    app.run(main)
