@@ -23,3 +23,11 @@ def quiet() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     for name in STARTUP_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def quiet_after_flags() -> None:
+    """absl INFO off (orbax logs every checkpoint read and write at INFO). Call at the top
+    of ``main``: ``absl.app`` sets the verbosity from its flags after start-up."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)

@@ -19,7 +19,7 @@ from --config; the weights from --workdir, --init, or else config.init.
 """
 
 from bt_jax.devices import simulate_cpu_devices
-from bt_jax.logs import quiet
+from bt_jax.logs import quiet, quiet_after_flags
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
@@ -174,6 +174,7 @@ def _print(results) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_after_flags()
     config = _CONFIG.value
     try:
         _check_paths()

@@ -21,7 +21,7 @@ refused rather than squashed.
 """
 
 from bt_jax.devices import simulate_cpu_devices
-from bt_jax.logs import quiet
+from bt_jax.logs import quiet, quiet_after_flags
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
 quiet()
@@ -142,6 +142,7 @@ def main(argv):
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"give a command first: one of {', '.join(COMMANDS)}.")
     command, rest = argv[1], argv[2:]
+    quiet_after_flags()
     if command != "query" and rest:
         raise app.UsageError(f"unexpected arguments: {rest}")
     try:

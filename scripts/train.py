@@ -10,7 +10,7 @@ divergence and checkpoint write failures exit with status 1 and one line.
 """
 
 from bt_jax.devices import simulate_cpu_devices
-from bt_jax.logs import quiet
+from bt_jax.logs import quiet, quiet_after_flags
 
 simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
@@ -18,7 +18,7 @@ quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.checkpointing import CheckpointWriteError  # noqa: E402
@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    quiet_after_flags()  # orbax logs every save at INFO
     try:
         results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:
