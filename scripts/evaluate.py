@@ -18,10 +18,10 @@ The model (architecture, image size, normalisation, backbone or projector, metri
 from --config; the weights from --workdir, --init, or else config.init.
 """
 
-from bt_jax.devices import simulate_cpu_devices
+from bt_jax.devices import set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
-simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
+set_up_cpu(8)  # before jax is imported: 8 simulated CPU devices, the fast CPU path
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 
 import os  # noqa: E402
@@ -35,6 +35,8 @@ from bt_jax.evaluation import knn, protocols, raw_pixels, report, verification  
 from bt_jax.evaluation.groups import read_groups  # noqa: E402
 from bt_jax.evaluation.identification import Identification  # noqa: E402
 
+flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
+                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
                                           "image size, normalisation, config.eval.*).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint to use.")

@@ -9,10 +9,10 @@ Ctrl-C does the same with status 130 (a second Ctrl-C aborts at once). Bad input
 divergence and checkpoint write failures exit with status 1 and one line.
 """
 
-from bt_jax.devices import simulate_cpu_devices
+from bt_jax.devices import set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
-simulate_cpu_devices(8)  # before jax is imported; only affects the CPU platform
+set_up_cpu(8)  # before jax is imported: 8 simulated CPU devices, the fast CPU path
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 
 import os  # noqa: E402
@@ -25,6 +25,8 @@ from bt_jax.checkpointing import CheckpointWriteError  # noqa: E402
 from bt_jax.train import (INTERRUPTED_EXIT_CODE, Preempted, format_results,  # noqa: E402
                           train_and_evaluate)
 
+flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
+                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")

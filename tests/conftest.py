@@ -6,6 +6,11 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The entry points turn on the fast CPU path when XLA accepts it; tests compare runs in
+# this process with runs of the scripts, so both sides must use the same setting.
+from bt_jax.devices import fast_cpu  # noqa: E402  (imports no jax)
+
+fast_cpu([])
 
 # One XLA compilation cache for the whole session, shared with the subprocesses that tests
 # start: the tiny model's steps compile once instead of once per run (~40 s -> ~8 s).
