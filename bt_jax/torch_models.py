@@ -9,7 +9,8 @@ average pool is a fixed window (7 at 224 px) at stride 1, and the classifier has
 identities. ``BarlowTwinsReference`` is the earlier work's model (facebookresearch/
 barlowtwins): that backbone, a Linear/BN/ReLU projector, the affine-free BatchNorm and the
 cross-correlation loss; ``LARS`` is its optimizer. ``InceptionResNetV1`` is FaceNet's
-backbone as ``bt_jax.models.InceptionResNetV1`` builds it.
+backbone as ``bt_jax.models.InceptionResNetV1`` builds it, and ``load_flax_variables``
+fills it from that model's Flax variables.
 """
 
 from __future__ import annotations
@@ -399,3 +400,67 @@ def tiny_inception_resnet(**kwargs) -> InceptionResNetV1:
     kwargs.setdefault("embedding_size", 32)
     return InceptionResNetV1(repeats=(1, 1, 1), width_div=16, **kwargs)
 
+
+# Flax leaf -> PyTorch state-dict leaf, by collection.
+_FLAX_LEAVES = {("params", "kernel"): "weight", ("params", "bias"): "bias",
+                ("params", "scale"): "weight", ("batch_stats", "mean"): "running_mean",
+                ("batch_stats", "var"): "running_var"}
+
+
+def _flatten(tree, prefix=()):
+    for key, value in tree.items():
+        if hasattr(value, "items"):
+            yield from _flatten(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def flax_to_torch_state(variables):
+    """A Flax ``{'params', 'batch_stats'}`` tree as PyTorch state-dict entries, keyed by the
+    Flax path joined with dots: HWIO kernels to OIHW, Dense (in, out) to Linear (out, in),
+    BatchNorm scale/bias/mean/var to weight/bias/running_mean/running_var. Also returns
+    each key's Flax path, for error messages."""
+    import numpy as np
+
+    state, origin = {}, {}
+    for collection in ("params", "batch_stats"):
+        for path, value in _flatten(variables.get(collection, {})):
+            flax_name = f"{collection}/{'/'.join(path)}"
+            leaf = _FLAX_LEAVES.get((collection, path[-1]))
+            if leaf is None:
+                raise ValueError(f"{flax_name}: no PyTorch counterpart for a "
+                                 f"{path[-1]!r} leaf in {collection!r}.")
+            array = np.asarray(value, np.float32)
+            if path[-1] == "kernel":
+                array = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T
+            key = ".".join(path[:-1] + (leaf,))
+            state[key] = torch.from_numpy(np.ascontiguousarray(array))
+            origin[key] = flax_name
+    return state, origin
+
+
+@torch.no_grad()
+def load_flax_variables(model: nn.Module, variables) -> nn.Module:
+    """Copy a Flax variables tree into ``model`` (e.g. ``InceptionResNetV1``), whose module
+    names are the Flax ones. Every tensor must be filled exactly once with its own shape:
+    a missing, extra or mis-shaped name is an error listing all of them."""
+    state, origin = flax_to_torch_state(variables)
+    target = {k: v for k, v in model.state_dict().items()
+              if not k.endswith("num_batches_tracked")}
+    problems = [f"missing from the Flax tree: {k}" for k in sorted(set(target) - set(state))]
+    problems += [f"no place in the PyTorch model for {origin[k]}"
+                 for k in sorted(set(state) - set(target))]
+    problems += [f"{origin[k]}: Flax gives {tuple(state[k].shape)} as {k}, the PyTorch model "
+                 f"has {tuple(target[k].shape)}"
+                 for k in sorted(set(state) & set(target)) if state[k].shape != target[k].shape]
+    if problems:
+        hint = ""
+        if any(origin.get(k, "").startswith(("params/backbone/", "batch_stats/backbone/"))
+               for k in state):
+            hint = ("\n(converted weights nest the network under 'backbone': pass "
+                    "{c: variables[c]['backbone'] for c in ('params', 'batch_stats')})")
+        raise ValueError(f"load_flax_variables: {len(problems)} problem(s) for "
+                         f"{type(model).__name__}:\n  " + "\n  ".join(problems) + hint)
+    for key, value in state.items():
+        target[key].copy_(value)
+    return model
