@@ -1,0 +1,120 @@
+"""Export the embedding function with its weights as a serialized ``jax.export`` artifact.
+
+The exported function is the one the evaluator computes (``embedding.embed_step``):
+uint8 aligned face crops (N, S, S, 3) -> float32 embeddings (N, D), not L2-normalised,
+backbone features or projector embeddings as ``config.eval.embedding`` says, with the
+frozen trunk in front when the config has one. The weights are constants of the
+function, and the batch dimension is symbolic, so the artifact alone embeds any N on any
+of its platforms. ``bt_jax.exported.load_embedder`` reads it back without this module's
+imports (model code, flax).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from bt_jax import embedding, preprocess, trunk
+from bt_jax.exported import FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE, load_embedder
+
+__all__ = ["export_embedder", "embed_function", "load_embedder"]
+
+PLATFORMS = ("cpu", "cuda")
+INPUTS_NOTE = ("aligned face crops, prepared like the training images: uint8 RGB, "
+               "(N, image_size, image_size, 3); this project has no face detector")
+
+
+def embed_function(config, variables: Dict[str, Any]) -> Callable:
+    """uint8 images -> float32 embeddings on one device, the weights closed over."""
+    preprocess.check_normalization(config.data.normalization)
+    trunk.check_split(config)
+    head = functools.partial(embedding.embed_step, variables, model=embedding.create_model(config),
+                             config=config)
+    if not trunk.is_frozen(config):
+        return head
+    trunk_model, trunk_variables = trunk.trunk_model(config), trunk.trunk_variables(config)
+
+    def with_trunk(images):
+        x = preprocess.normalize(images, config.data.normalization)
+        acts = trunk_model.apply(trunk_variables, x, train=False)
+        # The head was trained and is evaluated on the cached, rounded activations: round
+        # them the same way so the export computes the evaluator's function.
+        return head(acts.astype(trunk.CACHE_DTYPE))
+
+    return with_trunk
+
+
+def export_embedder(config, variables: Dict[str, Any], out_dir: str, *,
+                    platforms: Sequence[str] = PLATFORMS, overwrite: bool = False) -> str:
+    """Write ``out_dir/embedder.bin`` and ``embedder.json``; return ``out_dir``.
+
+    An existing non-empty ``out_dir`` is replaced only with ``overwrite=True``, and only
+    if it holds an earlier export (nothing else is ever deleted).
+    """
+    check_out_dir(out_dir, overwrite)
+    size = int(config.data.image_size)
+    shape = jax.export.symbolic_shape(f"b, {size}, {size}, 3")
+    exported = jax.export.export(jax.jit(embed_function(config, variables)),
+                                 platforms=tuple(platforms))(
+        jax.ShapeDtypeStruct(shape, jnp.uint8))
+    info = {"format_version": FORMAT_VERSION, "inputs": INPUTS_NOTE,
+            **embedding.preprocessing(config),
+            "feature_dim": int(exported.out_avals[0].shape[-1]), "l2_normalized": False,
+            "arch": config.model.arch, "freeze_until": config.model.get("freeze_until") or None,
+            "fingerprint": embedding.fingerprint(config, variables),
+            "jax_version": jax.__version__, "platforms": list(exported.platforms)}
+    _write(out_dir, {FUNCTION_FILE: bytes(exported.serialize()),
+                     INFO_FILE: (json.dumps(info, indent=2) + "\n").encode()})
+    return out_dir
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out_dir`` that cannot or must not be written."""
+    if not out_dir:
+        raise ValueError("the export folder is empty; name a folder for the embedder.")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"export folder {out_dir!r} is a file; name a folder.")
+    existing = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    if existing and not overwrite:
+        raise FileExistsError(f"export folder {out_dir!r} is not empty; pass --overwrite "
+                              "(overwrite=True) to replace the export in it, or name a new "
+                              "folder.")
+    others = sorted(set(existing) - set(FILES))
+    if others:
+        raise FileExistsError(f"export folder {out_dir!r} holds {others[:3]}, not only an "
+                              "earlier export; it is never deleted: name another folder.")
+
+
+def _write(out_dir: str, files: Dict[str, bytes]) -> None:
+    """All files or none: written beside ``out_dir`` and renamed into place."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    # Beside the target, so the rename stays on one file system; makedirs honours umask.
+    staging = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    old = None
+    try:
+        for name, data in files.items():
+            with open(os.path.join(staging, name), "wb") as f:
+                f.write(data)
+        if os.path.isdir(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "export"))
+        os.replace(staging, out_dir)
+    except BaseException:
+        if old and not os.path.exists(out_dir):
+            os.replace(os.path.join(old, "export"), out_dir)  # put the earlier export back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if old:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,94 @@
+"""Export a network's embedding function with its weights as a jax.export artifact.
+
+  # a training run's latest checkpoint
+  python scripts/export.py --config configs/mlfw.py --workdir runs/mlfw --out exports/mlfw
+  # converted weights (or 'scratch'), replacing an earlier export
+  python scripts/export.py --config configs/facenet.py --init converted_weights/x \
+      --out exports/facenet --overwrite
+
+Writes <out>/embedder.bin (the function, weights inside) and <out>/embedder.json (image
+size, normalisation, embedding, metric, feature_dim, fingerprint). Load it with
+``bt_jax.exported.load_embedder(out)``, which needs only jax and numpy. Its inputs are
+aligned face crops, uint8 RGB of config.data.image_size px, prepared like the training
+images: this project has no face detector. Its outputs are float32 embeddings, not
+L2-normalised.
+"""
+
+from bt_jax.devices import simulate_cpu_devices
+from bt_jax.logs import quiet
+
+simulate_cpu_devices(8)  # before jax is imported: a checkpoint restores as in evaluate.py
+quiet()  # before jax is imported: no backend-probe INFO lines
+
+import copy  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
+                                          "image size, normalisation, config.eval.embedding "
+                                          "and metric).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint to "
+                               "export.")
+_INIT = flags.DEFINE_string("init", None, "Converted-weights folder, or 'scratch' for an "
+                            "untrained network (seeded by config.seed). Default: config.init.")
+_OUT = flags.DEFINE_string("out", None, "Folder for embedder.bin and embedder.json. The "
+                           "exported function takes aligned face crops (uint8, N x S x S x 3, "
+                           "S = config.data.image_size); there is no face detector.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --out.")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the artifact runs on.")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def _check_args(config) -> None:
+    """Arguments that cannot work, found before any weights are read."""
+    from bt_jax import export
+
+    export.check_out_dir(_OUT.value, _OVERWRITE.value)
+    if _WORKDIR.value is not None:
+        from bt_jax import run_config
+
+        if not _WORKDIR.value:
+            raise ValueError("--workdir is empty; name a training run's folder.")
+        if _INIT.value is not None:
+            raise ValueError("pass either --workdir (a training run) or --init (weights), "
+                             "not both.")
+        run_config.check(config, _WORKDIR.value, action="load")
+
+
+def _export(config) -> dict:
+    from bt_jax import export
+    from bt_jax.evaluation import network
+
+    loaded = network.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
+    if _INIT.value is not None:
+        config = copy.deepcopy(config)
+        config.init = _INIT.value  # a frozen trunk reads its weights from config.init
+    export.export_embedder(config, loaded.variables, _OUT.value, platforms=_PLATFORMS.value,
+                           overwrite=_OVERWRITE.value)
+    return export.load_embedder(_OUT.value).info
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    start = time.time()
+    try:
+        _check_args(_CONFIG.value)
+        info = _export(_CONFIG.value)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        # Expected bad input: one line that names the problem and the fix.
+        sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
+    size = sum(os.path.getsize(os.path.join(_OUT.value, f)) for f in os.listdir(_OUT.value))
+    print(f"exported {info['arch']} {info['embedding']} to {os.path.abspath(_OUT.value)}: "
+          f"{info['image_size']} px crops -> {info['feature_dim']} floats ({info['metric']}), "
+          f"platforms {','.join(info['platforms'])}")
+    print(f"  fingerprint {info['fingerprint']}, {size / 1e6:.1f} MB, "
+          f"{time.time() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
