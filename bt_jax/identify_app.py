@@ -19,6 +19,10 @@ from bt_jax import identify
 from bt_jax.identify import Classifier, Gallery
 
 
+# The fields of embedding.preprocessing that an exported embedder's JSON carries too.
+PREPROCESSING_KEYS = ("image_size", "crop_size", "normalization", "embedding", "metric")
+
+
 class Embedder:
     """uint8 crops -> features, with the fingerprint and preprocessing that define them."""
 
@@ -49,7 +53,8 @@ def exported_embedder(folder: str) -> Embedder:
     from bt_jax import exported
 
     model = exported.load_embedder(folder)
-    return Embedder(model, model.fingerprint, model.info["preprocessing"],
+    preprocessing = {k: model.info[k] for k in PREPROCESSING_KEYS}
+    return Embedder(model, model.fingerprint, preprocessing,
                     {"kind": "exported", "path": os.path.abspath(folder)})
 
 

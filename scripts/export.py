@@ -14,10 +14,10 @@ images: this project has no face detector. Its outputs are float32 embeddings, n
 L2-normalised.
 """
 
-from bt_jax.devices import simulate_cpu_devices
-from bt_jax.logs import quiet
+from bt_jax.devices import set_up_cpu
+from bt_jax.logs import quiet, quiet_after_flags
 
-simulate_cpu_devices(8)  # before jax is imported: a checkpoint restores as in evaluate.py
+set_up_cpu(8)  # before jax is imported: a checkpoint restores as in evaluate.py
 quiet()  # before jax is imported: no backend-probe INFO lines
 
 import copy  # noqa: E402
@@ -28,6 +28,8 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
+                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
                                           "image size, normalisation, config.eval.embedding "
                                           "and metric).", lock_config=True)
@@ -75,6 +77,7 @@ def _export(config) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_after_flags()
     start = time.time()
     try:
         _check_args(_CONFIG.value)

@@ -76,7 +76,7 @@ def test_the_json_names_the_input_contract_and_the_fingerprint(scratch):
     config, variables, out = scratch
     info = json.loads((Path(out) / exported.INFO_FILE).read_text())
     assert info["format_version"] == exported.FORMAT_VERSION
-    assert {k: info[k] for k in ("image_size", "normalization", "embedding", "metric")} == \
+    assert {k: info[k] for k in embedding.preprocessing(config)} == \
         embedding.preprocessing(config)
     assert info["fingerprint"] == embedding.fingerprint(config, variables)
     assert info["arch"] == "tiny" and info["feature_dim"] > 0

@@ -165,3 +165,25 @@ def test_enrol_query_add_and_refusals_end_to_end(people, tmp_path):
     again = _identify("enrol", "--images", str(later), "--out", str(gallery))
     assert again.returncode == 1 and "pass --add" in again.stderr
     assert _identify("name", config=False).returncode != 0
+
+
+def test_query_runs_from_an_exported_embedder_alone(people, tmp_path):
+    """A gallery enrolled with the network is queried with the exported artifact: the same
+    fingerprint, the same answers."""
+    export = subprocess.run([sys.executable, "scripts/export.py", "--config",
+                             "configs/synthetic.py", *tiny_flags(), "--init", "scratch",
+                             "--out", str(tmp_path / "embedder"), "--platforms", "cpu"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-2000:]
+    gallery = tmp_path / "g.npz"
+    assert _identify("enrol", "--images", str(people), "--out", str(gallery)).returncode == 0
+    answers = {}
+    for name, extra in (("network", []), ("exported", ["--exported", str(tmp_path / "embedder")])):
+        done = _identify("query", "--gallery", str(gallery), str(people), "--out",
+                         str(tmp_path / name), *extra, config=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        answers[name] = json.loads((tmp_path / f"{name}.json").read_text())["rows"]
+    assert [r["identity"] for r in answers["network"]] == \
+        [r["identity"] for r in answers["exported"]]
+    np.testing.assert_allclose([r["similarity"] for r in answers["network"]],
+                               [r["similarity"] for r in answers["exported"]], atol=1e-5)
