@@ -187,11 +187,11 @@ def main(argv):
         identification = Identification(assignment, metric=config.eval.metric,
                                         search=_SEARCH.value, seed=config.eval.seed,
                                         bootstrap_samples=_BOOTSTRAP.value, progress=True)
-        results = report.run_evaluation(
-            embed, identification, _OUT.value, image_size=config.data.image_size, title=title,
+        results = report.run_evaluation(embed, identification, report.Report(
+            _OUT.value, image_size=config.data.image_size, title=title,
             verification=checker, groups=groups, normalize=_NORMALIZE.value,
             min_support=_MIN_SUPPORT.value, failure_rows=_FAILURES.value,
-            settings={"argv": sys.argv, **settings})
+            settings={"argv": sys.argv, **settings}))
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Expected bad input: one line that names the problem and the fix.
         sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))

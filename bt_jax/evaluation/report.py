@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
@@ -40,24 +41,34 @@ def probe_outcomes(ident) -> Dict[str, list]:
             "known": ident.known.tolist()}
 
 
-def run_evaluation(embed: Callable[[np.ndarray], np.ndarray], identification: Identification,
-                   out_dir: str, *, image_size: int, title: str,
-                   verification: Optional[Verification] = None,
-                   groups: Optional[Dict[str, str]] = None, normalize: bool = False,
-                   min_support: int = 30, failure_rows: int = 8, progress: bool = True,
-                   settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Evaluate ``embed`` and write ``out_dir/results.json`` and the PNG plots.
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Where and how one evaluation run reports. ``settings`` (the command line, the
+    model) is stored alongside the results, so that a results file says what made it."""
+    out_dir: str
+    image_size: int
+    title: str
+    verification: Optional[Verification] = None
+    groups: Optional[Dict[str, str]] = None
+    normalize: bool = False
+    min_support: int = 30
+    failure_rows: int = 8
+    progress: bool = True
+    settings: Optional[Dict[str, Any]] = None
 
-    ``settings`` (the command line, the model) is stored alongside the results so that a
-    results file says what produced it.
-    """
+
+def run_evaluation(embed: Callable[[np.ndarray], np.ndarray], identification: Identification,
+                   options: Report) -> Dict[str, Any]:
+    """Evaluate ``embed`` and write ``options.out_dir/results.json`` and the PNG plots."""
+    o = options
+    out_dir, verification, groups = o.out_dir, o.verification, o.groups
     os.makedirs(out_dir, exist_ok=True)
     paths = list(dict.fromkeys(identification.paths
                                + (verification.paths if verification else [])))
-    images = load_images([_Image(p) for p in paths], image_size, progress=progress)
-    table = embed_table(embed, paths, images, normalize=normalize)
+    images = load_images([_Image(p) for p in paths], o.image_size, progress=o.progress)
+    table = embed_table(embed, paths, images, normalize=o.normalize)
     ident = identification.evaluate(table)
-    results: Dict[str, Any] = {"title": title, "settings": settings or {},
+    results: Dict[str, Any] = {"title": o.title, "settings": o.settings or {},
                                "feature_dim": int(table.features.shape[1]),
                                "identification": ident.summary,
                                "probes": probe_outcomes(ident)}
@@ -67,15 +78,15 @@ def run_evaluation(embed: Callable[[np.ndarray], np.ndarray], identification: Id
         plots.plot_roc(checked.fpr, checked.tpr, checked.summary,
                        os.path.join(out_dir, "roc.png"))
     if groups is not None:
-        results["groups"] = group_report(ident, groups, min_support=min_support,
+        results["groups"] = group_report(ident, groups, min_support=o.min_support,
                                          bootstrap_samples=identification.samples,
                                          seed=identification.seed)
         plots.plot_groups(results["groups"], os.path.join(out_dir, "groups.png"))
-    plots.plot_accuracy(ident.summary, os.path.join(out_dir, "accuracy.png"), title=title,
+    plots.plot_accuracy(ident.summary, os.path.join(out_dir, "accuracy.png"), title=o.title,
                         verification=results.get("verification"))
     load = lambda records: images[[table.index[r.path] for r in records]]  # noqa: E731
     results["failure_rows"] = plots.plot_failures(
-        ident, load, os.path.join(out_dir, "failures.png"), limit=failure_rows)
+        ident, load, os.path.join(out_dir, "failures.png"), limit=o.failure_rows)
     with open(os.path.join(out_dir, RESULTS), "w") as f:
         json.dump(results, f, indent=2, default=_json_default)
     return results
