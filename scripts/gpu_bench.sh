@@ -13,7 +13,8 @@
 # cases.py stands in for it); grain and tensorflow-datasets are never imported here.
 #
 # Feed the result to the 8-GPU model of a CPU run (replaces its assumed compute time):
-#   python scripts/benchmark.py --sections powersgd --gpu_result runs/gpu_bench.json
+#   python scripts/benchmark.py --sections powersgd --powersgd_devices 0 \
+#       --gpu_result runs/gpu_bench.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs}"

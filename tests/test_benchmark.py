@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax.benchmark import comm, jobs, measure, report
+from bt_jax.benchmark import comm, jobs, measure, plan, report
 from bt_jax.benchmark.cases import Case, full_pool_window
 from bt_jax.benchmark.jax_step import JaxStep, Variant
+from bt_jax.devices import FAST_CPU_FLAG
 
 TINY = Case(image_size=32, batch=8, projector="32-32", arch="tiny", num_devices=2)
 
@@ -116,7 +117,8 @@ def test_torch_lars_matches_ours():
 
 def test_throughput_job_and_report():
     """A tiny throughput job in-process, then the markdown built from its result."""
-    spec = {"kind": "throughput", "label": "32px levers", "xla_flags": "",
+    spec = {"kind": "throughput", "label": "32px levers", "xla_flags": FAST_CPU_FLAG,
+            "fast_cpu": True, "fast_cpu_default": True,
             "case": {"image_size": 32, "batch": 4, "projector": "16-16", "arch": "tiny"},
             "jax": [{"name": report.OURS_PLAIN, "dtype": "float32", "donate": True, "fused": False},
                     {"name": "ours f32 2B", "dtype": "float32", "donate": True, "fused": True}],
@@ -132,7 +134,7 @@ def test_throughput_job_and_report():
                "wall_s": 1.0, "throughput": [result], "comm": comm_job, "model": None,
                "jobs": [result, comm_job]}
     text = report.render(json.loads(json.dumps(results)), "python scripts/benchmark.py")
-    assert "| 32 | 4 | default | ours f32 2B |" in text
+    assert "| tiny | 32 | 4 | default (ynn on) | ours f32 2B |" in text
     assert "PowerSGD rank 4" in text and "Peak host memory" in text
 
 
@@ -158,3 +160,97 @@ def test_gpu_plan_halves_a_batch_that_does_not_fit(monkeypatch):
     ours = next(r for r in rows if r["runner"] == "ours bf16")
     assert ours["vs_torch"] == pytest.approx(1.0)
     assert ours["mfu"] == pytest.approx(1e13 / 0.5 / 7e14)
+
+
+def test_jobs_set_their_own_xla_flags():
+    """Whatever the shell or an entry point chose, a job runs with the benchmark's flags."""
+    shell = {"XLA_FLAGS": f"--xla_cpu_enable_fast_math=true {FAST_CPU_FLAG} "
+                          "--xla_force_host_platform_device_count=8",
+             "BT_JAX_FAST_CPU": "0", "PATH": "/bin"}
+    on = jobs.job_env(True, 2, base=shell)
+    assert on["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {FAST_CPU_FLAG}"
+    assert on["BT_JAX_FAST_CPU"] == "1" and on["PATH"] == "/bin"
+    off = jobs.job_env(False, 1, "--xla_cpu_enable_fast_math=false", base=shell)
+    assert off["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    assert off["BT_JAX_FAST_CPU"] == "0"
+    assert report.FAST_CPU_FLAG == FAST_CPU_FLAG
+
+
+def test_cpu_paths_are_named_against_the_default():
+    options = plan.Options(fast_cpu_default=True, levers=("ynn",), bf16="off")
+    assert [(fast, [v["name"] for v in ours]) for fast, ours in plan.lever_variants(options)] == [
+        (True, [report.OURS_PLAIN]), (False, [report.OURS_PLAIN])]
+    # Where XLA rejects the flag the default is off, and there is nothing to compare.
+    rejected = plan.Options(fast_cpu_default=False, levers=("ynn",), bf16="off")
+    assert [fast for fast, _ in plan.lever_variants(rejected)] == [False]
+
+    def path(fast, default):
+        return report.cpu_path({"fast_cpu": fast, "fast_cpu_default": default,
+                                "xla_flags": FAST_CPU_FLAG if fast else ""})
+    assert (path(True, True), path(False, True), path(False, False)) == (
+        "default (ynn on)", "ynn off", "default (ynn off)")
+    assert report.cpu_path({"xla_flags": ""}) == "XLA's default"  # a run from before
+
+
+def test_default_run_and_quick_fit_their_time():
+    """The time model behind the printed estimate, with the bf16 runners of a CPU that has
+    native bf16: headroom for load under 20 min (full) and 5 min (--quick)."""
+    full = plan.Options(fast_cpu_default=True, bf16="on")
+    assert sum(plan.estimate(full).values()) < 17 * 60
+    assert sum(plan.estimate(plan.quick(full)).values()) < 4.5 * 60
+
+
+def test_powersgd_setting_fits_where_eight_devices_did_not():
+    # 8 simulated devices x 1 pair: the run that was OOM-killed at 24 GB.
+    assert plan.powersgd_memory(plan.EARLIER_PARAMS, 8, 1, 244)["total_gb"] > 24
+    options = plan.Options()
+    spec = plan.powersgd_spec(options, None)
+    assert spec["memory_estimate"]["total_gb"] < options.powersgd_memory_gb
+    assert spec["case"]["batch"] == options.powersgd_devices * options.powersgd_batch
+    stats = {"median_s": 10.0, "q1_s": 9.0, "q3_s": 11.0, "min_s": 9.0, "max_s": 11.0, "n": 3}
+    job = {"spec": spec, "summary": {"exact": stats, "PowerSGD r4": {**stats, "median_s": 10.5}},
+           "images_per_step": 16, "compile_s": {"exact": 40.0, "PowerSGD r4": 80.0}}
+    text = report.powersgd_table(job)
+    assert "2 simulated devices x 2 pairs each" in text and "**1.050**" in text
+    assert "target <= 1.10: met" in text
+
+
+def test_pytorch_mirrors_the_facenet_recipes():
+    torch = pytest.importorskip("torch", reason="needs PyTorch: pip install torch==2.13.0")
+    from bt_jax.benchmark.torch_step import TorchStep
+    for recipe in ("facenet", "mlfw_facenet"):
+        case = Case(recipe=recipe, arch="tiny_inception", image_size=80, batch=2,
+                    projector="64-64")
+        step = TorchStep(case, threads=1)
+        step()
+        assert np.isfinite(step.loss)
+    # The fine-tuning recipe: AdamW, the pretrained head at a tenth of the rate, its
+    # BatchNorm on running statistics while training; trunk activations as input.
+    assert isinstance(step.optimizer, torch.optim.AdamW)
+    assert sorted({g["lr"] for g in step.optimizer.param_groups}) == pytest.approx([1e-4, 1e-3])
+    bns = [m for m in step.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert step.views[0].shape[1:] == (112, 1, 1) and step.views[0].dtype == torch.float16
+
+
+def test_facenet_cached_trunk_job_and_report():
+    """The recipe's cached-trunk step on the tiny Inception-ResNet, ours against PyTorch in
+    one job, then the FaceNet section of the report."""
+    pytest.importorskip("torch", reason="needs PyTorch: pip install torch==2.13.0")
+    options = plan.Options(fast_cpu_default=True, facenet_arch="tiny_inception",
+                           facenet_size=80, trunk_batch=4, facenet_steps=("trunk",), rounds=1,
+                           bf16="off")
+    (spec, fast), (off, off_fast) = plan.facenet_specs(options)
+    assert (fast, off_fast, off["torch"]) == (True, False, [])
+    spec = {**spec, "xla_flags": FAST_CPU_FLAG, "fast_cpu": True, "fast_cpu_default": True,
+            "peak_n": 128}
+    job = {"spec": spec, **jobs.throughput(spec)}
+    assert set(job["summary"]) == {report.OURS_PLAIN, "PyTorch f32", "PyTorch f32 channels_last"}
+    assert np.isfinite(list(job["loss"].values())).all() and job["xla_flops"][report.OURS_PLAIN] > 0
+    results = {"machine": {"processor": "cpu", "cpu_count": 2, "cpu_flags": "", "jax": "x",
+                           "python": "3", "load_avg_start": 0.0, "load_avg_end": 0.0,
+                           "fast_cpu_default": True, "bf16_native": False},
+               "wall_s": 1.0, "facenet": [job], "jobs": [job]}
+    text = report.render(json.loads(json.dumps(results)), "python scripts/benchmark.py")
+    row = "| FaceNet head after Mixed_7a (cached trunk) | 80 | 4 | default (ynn on) | ours f32 |"
+    assert row in text and "## 2. FaceNet steps" in text and "(target <= 1.0x:" in text

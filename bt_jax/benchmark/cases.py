@@ -1,4 +1,5 @@
-"""The benchmarked configuration: configs/mlfw.py with the sizes of one case.
+"""The benchmarked configuration: configs/mlfw.py (or another recipe in configs/) with the
+sizes of one case.
 
 The GPU machines have jax, flax and optax but not always ml_collections. The config's
 field defaults must stay in one place (``bt_jax/config.py``), so where ml_collections is
@@ -7,7 +8,9 @@ missing a small attribute-dict stands in for ``config_dict`` instead of a copy o
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import sys
 import types
 from dataclasses import asdict, dataclass
@@ -29,14 +32,35 @@ def _config_dict_stand_in() -> None:
     sys.modules["ml_collections"] = module
 
 
-def base_config():
-    """``bt_jax.config.base_config()``, with the stand-in where ml_collections is missing."""
+def _ensure_config_dict() -> None:
     try:
         import ml_collections  # noqa: F401
     except ImportError:
         _config_dict_stand_in()
+
+
+def base_config():
+    """``bt_jax.config.base_config()``, with the stand-in where ml_collections is missing."""
+    _ensure_config_dict()
     from bt_jax.config import base_config as real
     return real()
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
+
+
+def recipe_config(recipe: str = ""):
+    """``configs/<recipe>.py``'s config ('' : the base config, i.e. configs/mlfw.py), loaded
+    by path as config_flags would, so that the benchmark times the recipe as it is."""
+    if not recipe:
+        return base_config()
+    _ensure_config_dict()
+    path = os.path.join(CONFIG_DIR, f"{recipe}.py")
+    spec = importlib.util.spec_from_file_location(f"bt_jax_bench_configs_{recipe}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def full_pool_window(image_size: int) -> int:
@@ -65,13 +89,18 @@ class Case:
     num_devices: int = 1
     reducer: str = "exact"
     rank: int = 4
+    # A file in configs/ whose other settings (optimizer, normalisation, BatchNorm mode, a
+    # frozen trunk) the step takes; '' is the base config, configs/mlfw.py.
+    recipe: str = ""
 
     def with_(self, **changes) -> "Case":
         return Case(**{**asdict(self), **changes})
 
     def config(self):
-        """configs/mlfw.py from scratch with this case's fields; PowerSGD from step 0."""
-        config = base_config()
+        """The recipe from scratch with this case's fields; PowerSGD from step 0."""
+        config = recipe_config(self.recipe)
+        # Random weights: a frozen trunk's are never read (its activations are inputs
+        # here), and the timing does not depend on the values.
         config.init = "scratch"
         config.num_devices = self.num_devices
         config.data.image_size = self.image_size

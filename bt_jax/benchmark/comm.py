@@ -14,7 +14,8 @@ ASSUMPTIONS = """\
   ring crosses it once each way, so B is the card's rate.
 * Gradients are all-reduced in float32 (4 bytes a float), one bucket per all-reduce: the
   exact reducer needs one all-reduce, PowerSGD two (P, then Q). PowerSGD's own compute
-  (matrix products, orthogonalisation) is not counted.
+  (matrix products, orthogonalisation) is not counted, except in the column that carries
+  over the overhead measured on this CPU.
 * Compute time comes from a GPU measurement when the run has one; otherwise from NVIDIA's
   published single-GPU ResNet-50 v1.5 training throughput (224 px, mixed precision),
   scaled by the ratio of our step's FLOPs per image to ResNet-50's.

@@ -1,8 +1,9 @@
 """Our Barlow Twins train step in the benchmarked variants, compiled once per variant.
 
 The plain variant is exactly what ``train.compile_steps`` builds (``train.train_step``
-under pmap with the state donated). The others change one lever each: the compute dtype
-(a field of the case), no donation, or both views in one forward pass (``fused``).
+under pmap with the state donated), on images or, with a frozen trunk, its activations.
+The others change one lever each: the compute dtype (a field of the case), no donation,
+or both views in one forward pass (``fused``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bt_jax import embedding, parallel, reducers, train
+from bt_jax import embedding, parallel, reducers, train, trunk
 from bt_jax.data.pairs import device_layout
 from bt_jax.losses import barlow_twins_loss
 from bt_jax.models import BarlowTwins
@@ -81,11 +82,20 @@ def xla_flops(compiled) -> float:
     return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
 
 
+def random_inputs(config, shape, rng) -> np.ndarray:
+    """A batch of what the step reads: uint8 images, or with a frozen trunk its cached
+    float16 activations (non-negative, as after the trunk's last ReLU and max-pool)."""
+    shape = (config.optim.batch_size,) + tuple(shape)
+    if trunk.is_frozen(config):
+        return np.abs(rng.standard_normal(shape, np.float32)).astype(trunk.CACHE_DTYPE)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
 def random_views(config, seed: int = 0) -> np.ndarray:
-    """A fixed uint8 pair batch laid out for the devices, as the training loop feeds it."""
+    """A fixed pair batch laid out for the devices, as the training loop feeds it."""
     rng = np.random.default_rng(seed)
-    shape = (config.optim.batch_size, config.data.image_size, config.data.image_size, 3)
-    v1, v2 = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
+    shape = trunk.input_shape(config)
+    v1, v2 = (random_inputs(config, shape, rng) for _ in range(2))
     return device_layout(np.stack([v1, v2], axis=1), config.num_devices)
 
 

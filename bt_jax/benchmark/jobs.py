@@ -21,26 +21,39 @@ from bt_jax.benchmark import measure
 from bt_jax.benchmark.cases import Case
 
 
-def _env(xla_flags: str, devices: int) -> Dict[str, str]:
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    if devices > 1:
-        flags.append(f"--xla_force_host_platform_device_count={devices}")
-    env["XLA_FLAGS"] = " ".join(flags + xla_flags.split())
+def job_env(fast_cpu: bool, devices: int = 1, extra_flags: str = "",
+            base: Dict[str, str] | None = None) -> Dict[str, str]:
+    """The environment of a job process, its XLA flags set here and nowhere else.
+
+    The entry points now turn XLA's fast CPU path on by themselves (bt_jax/devices.py) and
+    a shell may carry any XLA_FLAGS; a benchmark that inherited them would not know which
+    path it measured. So every job gets exactly: its simulated device count, the fast CPU
+    flag if ``fast_cpu``, the run's ``extra_flags``, and BT_JAX_FAST_CPU to match.
+    """
+    from bt_jax.devices import FAST_CPU_ENV, FAST_CPU_FLAG
+    env = dict(os.environ if base is None else base)
+    flags = [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
+    flags += ([FAST_CPU_FLAG] if fast_cpu else []) + extra_flags.split()
+    env["XLA_FLAGS"] = " ".join(flags)
+    env[FAST_CPU_ENV] = "1" if fast_cpu else "0"
     return env
 
 
-def run_job(spec: Dict[str, Any], *, xla_flags: str = "", devices: int = 1,
-            timeout_s: float = 3600) -> Dict[str, Any]:
+def job_flags(fast_cpu: bool, extra_flags: str = "") -> str:
+    """The XLA flags a job runs with, less the device count (what the JSON records)."""
+    return job_env(fast_cpu, 1, extra_flags, base={})["XLA_FLAGS"]
+
+
+def run_job(spec: Dict[str, Any], *, fast_cpu: bool = False, devices: int = 1,
+            extra_flags: str = "", timeout_s: float = 3600) -> Dict[str, Any]:
     """Run one job in a fresh process; its result, or {'error': ...} if it failed."""
-    spec = {**spec, "xla_flags": xla_flags}
-    measure.log(f"[job] {spec['kind']} {spec.get('label', '')} XLA_FLAGS='{xla_flags}'")
+    spec = {**spec, "fast_cpu": fast_cpu, "xla_flags": job_flags(fast_cpu, extra_flags)}
+    measure.log(f"[job] {spec['kind']} {spec.get('label', '')} XLA_FLAGS='{spec['xla_flags']}'")
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "bt_jax.benchmark.jobs", json.dumps(spec)],
-                              env=_env(xla_flags, devices), stdout=subprocess.PIPE,
-                              text=True, timeout=timeout_s)
+                              env=job_env(fast_cpu, devices, extra_flags),
+                              stdout=subprocess.PIPE, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"spec": spec, "error": f"timed out after {timeout_s:.0f} s"}
     lines = done.stdout.strip().splitlines()
@@ -119,7 +132,7 @@ def _peaks(spec, with_torch: bool) -> Dict[str, float]:
 
 
 def scaling(spec) -> Dict[str, Any]:
-    """The same global batch over 1, 2, 4, 8 simulated devices, and PowerSGD at the most."""
+    """The same global batch over 1, 2, 4, 8 simulated devices."""
     from bt_jax.benchmark.jax_step import JaxStep
     case, runners, out = _case(spec), {}, {"compile_s": {}, "xla_flops": {}}
     host = None
@@ -128,16 +141,32 @@ def scaling(spec) -> Dict[str, Any]:
         # The exact reducer keeps no per-device state, so one host state serves every n.
         runners[f"{n} dev"] = JaxStep(case.with_(num_devices=n), host_state=host)
         host = runners[f"{n} dev"].host_state
-    for step in runners.values():
-        step.host_state = None
-    most = max(spec["devices"])
-    for rank in spec.get("powersgd_ranks", []):
-        measure.log(f"  compiling the PowerSGD rank {rank} step on {most} devices ...")
-        runners[f"{most} dev PowerSGD r{rank}"] = JaxStep(
-            case.with_(num_devices=most, reducer="powersgd", rank=rank), host_state=None)
     for name, step in runners.items():
+        step.host_state = None
         out["compile_s"][name], out["xla_flops"][name] = step.compile_s, step.flops
     _time(runners, spec, case, out)
+    out["rss_mb"] = measure.peak_rss_mb()
+    return out
+
+
+def powersgd(spec) -> Dict[str, Any]:
+    """The exact all-reduce and PowerSGD on the same model, devices, batch and weights,
+    alternated step by step."""
+    from bt_jax.benchmark.jax_step import JaxStep
+    case, runners, out = _case(spec), {}, {"compile_s": {}, "xla_flops": {}, "rss_mb_after": {}}
+    reducers = {"exact": {}, f"PowerSGD r{spec['rank']}": {"reducer": "powersgd",
+                                                            "rank": spec["rank"]}}
+    for name, changes in reducers.items():
+        measure.log(f"  compiling the {name} step on {case.num_devices} devices ...")
+        step = JaxStep(case.with_(**changes))
+        # At 82 M parameters the host copy (with PowerSGD, one error buffer per device)
+        # is gigabytes that the timed steps never read.
+        step.host_state = None
+        runners[name] = step
+        out["compile_s"][name], out["xla_flops"][name] = step.compile_s, step.flops
+        out["rss_mb_after"][name] = measure.peak_rss_mb()
+    _time(runners, spec, case, out)
+    out["loss"] = {name: r.loss for name, r in runners.items()}
     out["rss_mb"] = measure.peak_rss_mb()
     return out
 
@@ -197,7 +226,8 @@ def pipeline(spec) -> Dict[str, Any]:
     return out
 
 
-JOBS = {"throughput": throughput, "scaling": scaling, "comm": comm, "pipeline": pipeline}
+JOBS = {"throughput": throughput, "scaling": scaling, "powersgd": powersgd, "comm": comm,
+        "pipeline": pipeline}
 
 
 def main(argv) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from bt_jax.benchmark import comm
 
+TORCH = "PyTorch"
 TORCH_F32 = "PyTorch f32"
 OURS_PLAIN = "ours f32"
+FAST_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 
 def _table(header: List[str], rows: List[List[Any]]) -> str:
@@ -25,8 +27,31 @@ def ok_jobs(jobs):
     return [j for j in jobs if "error" not in j]
 
 
-def _flags(job) -> str:
-    return job["spec"]["xla_flags"].replace("--xla_cpu_experimental_", "") or "default"
+def cpu_path(spec) -> str:
+    """The CPU path a job ran on, named against the entry points' default (bt_jax/devices.py
+    turns the ynn flag on unless XLA rejects it): 'default (ynn on)', 'ynn off', ..."""
+    flags = spec.get("xla_flags", "")
+    if "fast_cpu" not in spec:  # a run from before the default changed: its flags verbatim
+        return flags.replace("--xla_cpu_experimental_", "") or "XLA's default"
+    name = "ynn on" if spec["fast_cpu"] else "ynn off"
+    if spec["fast_cpu"] == spec.get("fast_cpu_default", spec["fast_cpu"]):
+        name = f"default ({name})"
+    extra = [f for f in flags.split() if f != FAST_CPU_FLAG]
+    return name + (" + " + " ".join(extra) if extra else "")
+
+
+def on_default_path(job) -> bool:
+    spec = job["spec"]
+    if "fast_cpu" not in spec:
+        return not spec.get("xla_flags")
+    return spec["fast_cpu"] == spec.get("fast_cpu_default", spec["fast_cpu"])
+
+
+def step_name(spec) -> str:
+    """What a job's step trains: the plan names it; older runs only had ResNets."""
+    case = spec["case"]
+    return spec.get("step") or {"resnet50": "ResNet-50"}.get(case.get("arch", "resnet50"),
+                                                              case.get("arch"))
 
 
 def peak_flops(job) -> Optional[float]:
@@ -37,8 +62,9 @@ def peak_flops(job) -> Optional[float]:
 
 
 def baseline(job) -> Optional[str]:
-    """The job's fastest PyTorch f32 runner (either layout): the bar to beat."""
-    torch = {k: v["median_s"] for k, v in job["summary"].items() if k.startswith(TORCH_F32)}
+    """PyTorch's best in the job: its fastest runner by median, whatever the precision or
+    layout (f32, channels_last, bf16 autocast where the CPU has it). The bar to beat."""
+    torch = {k: v["median_s"] for k, v in job["summary"].items() if k.startswith(TORCH)}
     return min(torch, key=torch.get) if torch else None
 
 
@@ -68,40 +94,89 @@ def throughput_table(jobs) -> str:
     for job in ok_jobs(jobs):
         spec = job["spec"]
         for r in step_rows(job):
-            rows.append([spec["case"]["image_size"], spec["case"]["batch"], _flags(job),
-                         r["runner"], f"{r['median_s']:.2f} ({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f})",
+            rows.append([step_name(spec), spec["case"]["image_size"], spec["case"]["batch"],
+                         cpu_path(spec), r["runner"],
+                         f"{r['median_s']:.2f} ({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f})",
                          f"{r['min_s']:.2f}", r["n"], _fmt(r["images_per_s"]),
                          _fmt(r["vs_torch"], 3), _fmt(r["vs_torch_min"], 3),
                          "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
                          "{:.1f}-{:.1f}".format(*job.get("load_avg", (0, 0)))])
-    return _table(["px", "batch (pairs)", "XLA flags", "step", "median s (IQR)", "fastest s",
-                   "steps", "images/s", "/ best PyTorch f32 (medians)", "/ same (fastest steps)", "MFU",
-                   "load avg"], rows)
+    return _table(["step", "px", "batch (pairs)", "CPU path", "runner", "median s (IQR)",
+                   "fastest s", "steps", "images/s", "/ best PyTorch (medians)",
+                   "/ same (fastest steps)", "MFU", "load avg"], rows)
+
+
+def _case_key(job):
+    case = job["spec"]["case"]
+    return (step_name(job["spec"]), case["image_size"], case["batch"])
+
+
+def default_vs_off_table(jobs) -> str:
+    """Our plain f32 step on the default CPU path against the same step with ynn off.
+
+    The two run in separate processes (XLA reads its flags once), so the ratio also
+    carries any change in load between them; the load averages are printed beside it.
+    """
+    rows = []
+    for key in dict.fromkeys(_case_key(j) for j in ok_jobs(jobs)):
+        same = [j for j in ok_jobs(jobs) if _case_key(j) == key and OURS_PLAIN in j["summary"]]
+        default = next((j for j in same if on_default_path(j)), None)
+        for other in (j for j in same if j is not default and default is not None):
+            a, b = default["summary"][OURS_PLAIN], other["summary"][OURS_PLAIN]
+            rows.append([*key, cpu_path(default["spec"]), f"{a['median_s']:.3f}",
+                         cpu_path(other["spec"]), f"{b['median_s']:.3f}",
+                         _fmt(b["median_s"] / a["median_s"], 3), _fmt(b["min_s"] / a["min_s"], 3),
+                         "{:.1f}-{:.1f} / {:.1f}-{:.1f}".format(
+                             *default.get("load_avg", (0, 0)), *other.get("load_avg", (0, 0)))])
+    if not rows:
+        return "not measured (no job with ynn off: --levers ynn, --facenet_ynn_off)"
+    return _table(["step", "px", "batch (pairs)", "path", "ours f32 median s", "other path",
+                   "ours f32 median s", "speed-up of the default (medians)", "(fastest steps)",
+                   "load avg (default / other)"], rows)
+
+
+def headline(jobs) -> List[str]:
+    """One line per step measured on the default path: ours against PyTorch's best."""
+    lines = []
+    for job in ok_jobs(jobs):
+        base = job["spec"].get("baseline") or baseline(job)
+        ours = [n for n in job["summary"] if not n.startswith(TORCH)]
+        if not on_default_path(job) or not base or not ours:
+            continue
+        best = min(ours, key=lambda n: job["summary"][n]["median_s"])
+        a, b = job["summary"][best]["median_s"], job["summary"][base]["median_s"]
+        verdict = "met" if a / b <= 1.0 else "missed"
+        case = job["spec"]["case"]
+        lines.append(f"* {step_name(job['spec'])}, {case['image_size']} px, {case['batch']} pairs: "
+                     f"{best} {a:.2f} s, {base} {b:.2f} s: **{a / b:.2f}x** "
+                     f"(target <= 1.0x: {verdict})")
+    return lines
 
 
 def lever_table(jobs) -> str:
-    """Every variant of ours against plain f32 with default flags at the same size.
+    """Every variant of ours against plain f32 on the default CPU path at the same step.
 
     Same-process ratios come from alternated steps; a variant from another process (the
-    XLA-flag ones) is compared across processes, so it also carries any change in load.
+    other CPU path) is compared across processes, so it also carries any change in load.
     """
     rows = []
-    for size in sorted({j["spec"]["case"]["image_size"] for j in ok_jobs(jobs)}):
-        at_size = [j for j in ok_jobs(jobs) if j["spec"]["case"]["image_size"] == size]
-        plain = next((j for j in at_size if not j["spec"]["xla_flags"]
-                      and OURS_PLAIN in j["summary"]), None)
-        for job in at_size:
+    for key in dict.fromkeys(_case_key(j) for j in ok_jobs(jobs)):
+        at_key = [j for j in ok_jobs(jobs) if _case_key(j) == key]
+        plain = next((j for j in at_key if on_default_path(j) and OURS_PLAIN in j["summary"]),
+                     None)
+        base = plain["summary"][OURS_PLAIN] if plain else None
+        for job in at_key:
             ours = {v["name"] for v in job["spec"]["jax"]}
             for name, stats in job["summary"].items():
-                if name not in ours:
-                    continue
-                base = plain["summary"][OURS_PLAIN] if plain else None
-                rows.append([size, name, _flags(job), f"{stats['median_s']:.3f}",
-                             _fmt(base["median_s"] / stats["median_s"] if base else None, 3),
-                             _fmt(base["min_s"] / stats["min_s"] if base else None, 3),
-                             "same" if job is plain else "other (load may differ)"])
-    return _table(["px", "our step", "XLA flags", "median s", "speed-up vs plain f32 (medians)",
-                   "(fastest steps)", "process"], rows)
+                if name in ours:
+                    rows.append([key[0], key[1], name, cpu_path(job["spec"]),
+                                 f"{stats['median_s']:.3f}",
+                                 _fmt(base["median_s"] / stats["median_s"] if base else None, 3),
+                                 _fmt(base["min_s"] / stats["min_s"] if base else None, 3),
+                                 "same" if job is plain else "other (load may differ)"])
+    return _table(["step", "px", "our step", "CPU path", "median s",
+                   "speed-up vs ours f32, default path (medians)", "(fastest steps)",
+                   "process"], rows)
 
 
 def mfu_table(jobs) -> str:
@@ -127,29 +202,88 @@ def scaling_table(job) -> str:
                      stats["n"], _fmt(job["images_per_step"] / stats["median_s"]),
                      _fmt(stats["median_s"] / base, 3), _fmt(job["compile_s"][name], 0)])
     case = job["spec"]["case"]
-    arch = {"resnet50": "ResNet-50"}.get(case.get("arch", "resnet50"), case.get("arch"))
-    return (f"{arch} at {case['image_size']} px, projector {case['projector']}, global "
-            f"batch {case['batch']} pairs, XLA flags '{_flags(job)}'.\n\n" + _table(
-                ["devices (simulated)", "median s (IQR)", "steps", "images/s",
-                 "time / 1 device", "compile s"], rows))
+    return (f"{step_name(job['spec'])} at {case['image_size']} px, projector {case['projector']}, "
+            f"global batch {case['batch']} pairs, CPU path: {cpu_path(job['spec'])}.\n\n"
+            + _table(["devices (simulated)", "median s (IQR)", "steps", "images/s",
+                      "time / 1 device", "compile s"], rows))
 
 
-def comm_table(comm_job, scaling_job) -> str:
+POWERSGD_TARGET = 1.10  # PowerSGD step / exact step at the earlier work's size
+
+
+def powersgd_ratio(job) -> Optional[float]:
+    """Median PowerSGD step / median exact step of a powersgd job."""
+    if not job or "error" in job or "exact" not in job.get("summary", {}):
+        return None
+    s = job["summary"]
+    other = [k for k in s if k != "exact"]
+    return s[other[0]]["median_s"] / s["exact"]["median_s"] if other else None
+
+
+def powersgd_table(job) -> str:
+    """Exact vs PowerSGD at the earlier work's size: absolute times, ratio, the setting and
+    its memory, and the verdict against the target."""
+    if not job:
+        return "not measured (--powersgd_devices 0)"
+    spec = job["spec"]
+    case, memory = spec["case"], spec.get("memory_estimate", {})
+    setting = (f"{step_name(spec)} at {case['image_size']} px, projector {case['projector']}, "
+               f"{case['num_devices']} simulated devices x {case['batch'] // case['num_devices']} "
+               f"pairs each (global batch {case['batch']} pairs), rank {spec['rank']}, CPU path: "
+               f"{cpu_path(spec)}. Chosen to fit in {memory.get('budget_gb', 18):.0f} GB: "
+               f"{memory.get('text', 'no estimate')}.")
+    if "error" in job:
+        return setting + f"\n\nnot measured ({job['error']})"
+    s, rows = job["summary"], []
+    for name, stats in s.items():
+        rows.append([name, f"{stats['median_s']:.2f} ({stats['q1_s']:.2f}-{stats['q3_s']:.2f})",
+                     f"{stats['min_s']:.2f}", stats["n"],
+                     _fmt(job["images_per_step"] / stats["median_s"]),
+                     _fmt(stats["median_s"] / s["exact"]["median_s"], 3),
+                     _fmt(stats["min_s"] / s["exact"]["min_s"], 3),
+                     _fmt(job["compile_s"].get(name), 0)])
+    ratio = powersgd_ratio(job)
+    verdict = (f"PowerSGD / exact = **{ratio:.3f}** (medians; target <= {POWERSGD_TARGET:.2f}: "
+               f"{'met' if ratio <= POWERSGD_TARGET else 'missed'}). Peak host RSS "
+               f"{_fmt(job.get('rss_mb'), 0)} MB.")
+    return (setting + "\n\n" + _table(
+        ["reducer", "median s (IQR)", "fastest s", "steps", "images/s", "/ exact (medians)",
+         "/ exact (fastest steps)", "compile s"], rows) + "\n\n" + verdict)
+
+
+def _cpu_steps(comm_job, results) -> Tuple[Dict[str, float], str]:
+    """{reducer row: median CPU step s} and where they come from: the powersgd job, or in
+    runs from before it the scaling job's PowerSGD runner."""
+    job = results.get("powersgd")
+    if job and "error" not in job:
+        rank = job["spec"]["rank"]
+        return ({"exact": job["summary"]["exact"]["median_s"],
+                 str(rank): job["summary"][f"PowerSGD r{rank}"]["median_s"]},
+                f"CPU step s ({job['spec']['case']['num_devices']} simulated devices, section 6)")
+    scaling = results.get("scaling")
+    if scaling and "error" not in scaling:
+        most = max(scaling["spec"]["devices"])
+        steps = {"exact": scaling["summary"].get(f"{most} dev", {}).get("median_s")}
+        for rank in comm_job["powersgd"]:
+            got = scaling["summary"].get(f"{most} dev PowerSGD r{rank}")
+            steps[rank] = got["median_s"] if got else None
+        return steps, f"CPU step s ({most} simulated devices, scaling model)"
+    return {}, "CPU step s"
+
+
+def comm_table(comm_job, results) -> str:
     """Floats a device sends per step, and the CPU step time of the same reducers."""
     if not comm_job or "error" in comm_job:
         return "not measured"
     exact = comm_job["params"]
-    step = {}
-    if scaling_job and "error" not in scaling_job:
-        step = {k: v["median_s"] for k, v in scaling_job["summary"].items()}
-    most = max(scaling_job["spec"]["devices"]) if step else None
+    step, where = _cpu_steps(comm_job, results)
     rows = [["exact pmean", f"{exact:,.0f}", f"{exact * 4 / 1e6:.1f}", "1.0",
-             _fmt(step.get(f"{most} dev"), 3)]]
+             _fmt(step.get("exact"), 3)]]
     for rank, floats in comm_job["powersgd"].items():
         rows.append([f"PowerSGD rank {rank}", f"{floats:,.0f}", f"{floats * 4 / 1e6:.2f}",
-                     f"{exact / floats:.0f}", _fmt(step.get(f"{most} dev PowerSGD r{rank}"), 3)])
-    return _table(["reducer", "floats / device / step", "MB (float32)", "compression",
-                   f"CPU step s ({most} simulated devices, scaling model)"], rows)
+                     f"{exact / floats:.0f}", _fmt(step.get(rank), 3)])
+    return _table(["reducer", "floats / device / step", "MB (float32)", "compression", where],
+                  rows)
 
 
 def model_table(model: Dict[str, Any]) -> str:
@@ -157,9 +291,14 @@ def model_table(model: Dict[str, Any]) -> str:
     names = list(next(iter(steps.values())))
     rows = [[link] + [f"{1e3 * r[n]['comm_s']:.1f} / {1e3 * r[n]['step_s']:.0f}" for n in names]
             for link, r in steps.items()]
+    measured = ""
+    if model.get("overhead"):
+        measured = (f" The last column adds PowerSGD's own compute as measured on this CPU "
+                    f"(section 6: its step x{model['overhead']:.3f} the exact one's), carried "
+                    "over to the GPU's compute time as the same fraction.")
     return (f"Compute per step: {1e3 * model['compute_s']:.0f} ms per GPU ({model['source']}). "
             f"Cells: all-reduce ms / step ms, {comm.GPUS} GPUs, float32 gradients, no overlap."
-            "\n\n" + _table(["interconnect"] + names, rows))
+            + measured + "\n\n" + _table(["interconnect"] + names, rows))
 
 
 def pipeline_table(job, consumers: Dict[str, Dict[int, float]]) -> str:
@@ -201,43 +340,100 @@ def _consumers(results) -> Dict[str, Dict[int, float]]:
     return out
 
 
+def _machine(results) -> str:
+    m = results["machine"]
+    bf16 = {True: "has", False: "lacks"}.get(m.get("bf16_native"), "may lack")
+    path = {True: "XLA's YNN convolution fusion on (ynn on)",
+            False: "XLA's default (ynn off: XLA rejected the flag)",
+            None: "XLA's default (the run predates the ynn default)"}[m.get("fast_cpu_default")]
+    return (f"CPU: **{m['processor']}**, {m['cpu_count']} cores ({m['cpu_flags']}; it {bf16} "
+            f"native bf16: AVX-512 BF16 or AMX). jax {m['jax']}, torch {m.get('torch', 'n/a')}, "
+            f"Python {m['python']}. Load average {m['load_avg_start']:.1f} at the start, "
+            f"{m['load_avg_end']:.1f} at the end; the run took {results['wall_s'] / 60:.1f} min."
+            f"\n\nOur default CPU path, as the entry points set it (bt_jax/devices.py): {path}. "
+            "Every job process gets its XLA_FLAGS and BT_JAX_FAST_CPU from the benchmark, none "
+            "from the shell, so each row says which path it ran on.")
+
+
+def _summary(results) -> str:
+    lines = headline(results.get("throughput", []) + results.get("facenet", []))
+    ratio = powersgd_ratio(results.get("powersgd"))
+    if ratio is not None:
+        lines.append(f"* PowerSGD rank {results['powersgd']['spec']['rank']} / exact at the "
+                     f"earlier work's size: **{ratio:.3f}** (target <= {POWERSGD_TARGET:.2f}: "
+                     f"{'met' if ratio <= POWERSGD_TARGET else 'missed'})")
+    return "## Summary\n\n" + ("\n".join(lines) or "nothing measured")
+
+
+STEP_TEXT = ("Each process alternates its runners step by step (rotating the order), after "
+             "one warm-up step each, with the same batch and threads on both sides. PyTorch runs "
+             "f32 in both of oneDNN's layouts (NCHW and channels_last), and bf16 autocast where "
+             "the CPU has native bf16; ratios are to PyTorch's best, its fastest runner in the "
+             "same process, and below 1 mean ours is faster. PyTorch's OpenMP threads suffer far "
+             "more than XLA's from other jobs on the cores, so under load the medians favour us; "
+             "the fastest-step ratio and the load average are printed to judge that.")
+
+
+def _step_sections(results) -> List[str]:
+    parts = []
+    if "throughput" in results:
+        parts.append("## 1. ResNet-50 step: ours against PyTorch\n\nThe full Barlow Twins step "
+                     "(on-device flip + normalisation, ResNet-50, projector, loss, LARS) on one "
+                     "device. " + STEP_TEXT + "\n\n" + throughput_table(results["throughput"]))
+        parts.append("### Levers\n\n" + lever_table(results["throughput"]))
+    if "facenet" in results:
+        parts.append("## 2. FaceNet steps: ours against PyTorch\n\nInception-ResNet-v1 at "
+                     "160 px: the whole network's Barlow Twins step (configs/facenet.py: LARS, "
+                     "batch-statistics BatchNorm), and the fine-tuning recipe's step "
+                     "(configs/mlfw_facenet.py: the head after Mixed_7a and the projector on the "
+                     "frozen trunk's cached float16 activations, AdamW, BatchNorm on running "
+                     "statistics). PyTorch: bt_jax.torch_models.InceptionResNetV1 (whole, or "
+                     "start_after='Mixed_7a') in BarlowTwinsReference with the same projector and "
+                     "optimizer. " + STEP_TEXT + "\n\n" + throughput_table(results["facenet"]))
+    steps = results.get("throughput", []) + results.get("facenet", [])
+    if steps:
+        parts.append("## 3. Default CPU path against the other (ynn on / off)\n\nOur plain f32 "
+                     "step with the entry points' default (ynn on) against the same step in a "
+                     "process with the flag off (BT_JAX_FAST_CPU=0, as `--nofast_cpu` gives); "
+                     "separate processes, so load may differ."
+                     "\n\n" + default_vs_off_table(steps))
+        parts.append("## 4. Model FLOPs utilisation\n\nMFU = step FLOPs (XLA cost analysis of "
+                     "the compiled f32 step) / median step time / the best matmul rate measured "
+                     "in the same process.\n\n" + mfu_table(steps))
+    return parts
+
+
+def _powersgd_sections(results) -> List[str]:
+    parts = ["## 6. Exact vs PowerSGD"]
+    if "powersgd" in results:
+        parts.append("### Step time on this CPU\n\nOn simulated devices an all-reduce is a "
+                     "memory copy, so this is PowerSGD's compute cost (matrix products, "
+                     "orthogonalisation, error feedback) against the exact step's.\n\n"
+                     + powersgd_table(results["powersgd"]))
+    case = results["comm"]["spec"].get("case", {})
+    parts.append(f"### Traffic\n\nFloats each device sends per step for "
+                 f"{step_name(results['comm']['spec']) if case else 'the model'} at "
+                 f"{case.get('image_size', 244)} px, projector {case.get('projector', 'n/a')} "
+                 "(the earlier work's model in a full run).\n\n"
+                 + comm_table(results["comm"], results))
+    if results.get("model"):
+        parts.append("### On paper: 8 GPUs\n\n" + comm.ASSUMPTIONS + "\n\n"
+                     + model_table(results["model"]))
+    return parts
+
+
 def render(results: Dict[str, Any], command: str) -> str:
     """The whole of docs/benchmarks.md."""
-    m, parts = results["machine"], []
-    parts.append("# Benchmarks\n\nGenerated by `scripts/benchmark.py`; do not edit by hand, rerun:"
-                 f"\n\n```\n{command}\n```\n\n"
-                 f"Machine: {m['processor']}, {m['cpu_count']} cores ({m['cpu_flags']}), "
-                 f"jax {m['jax']}, torch {m.get('torch', 'n/a')}, Python {m['python']}. "
-                 f"Load average {m['load_avg_start']:.1f} at the start, {m['load_avg_end']:.1f} "
-                 f"at the end; the run took {results['wall_s'] / 60:.1f} min.")
-    if "throughput" in results:
-        parts.append("## 1. Train step: ours against PyTorch\n\nThe full Barlow Twins step (on-device "
-                     "flip + normalisation, ResNet-50, projector, loss, LARS) on one device, the same "
-                     "batch and threads on both sides; each process alternates its runners step by "
-                     "step (rotating the order), after one warm-up step each. PyTorch f32 runs in both "
-                     "of oneDNN's layouts (NCHW and channels_last); ratios are to the faster of the two "
-                     "in the same process, and below 1 mean ours is faster. PyTorch's two OpenMP threads suffer far more than XLA's from other "
-                     "jobs on the cores (one busy core elsewhere can make its step several times "
-                     "slower), so under load the medians favour us; the fastest-step ratio and the "
-                     "load average are printed to judge that.\n\n" + throughput_table(results["throughput"]))
-        parts.append("### Levers\n\n" + lever_table(results["throughput"]))
-        parts.append("## 2. Model FLOPs utilisation\n\nMFU = step FLOPs (XLA cost analysis of the "
-                     "compiled f32 step) / median step time / the best matmul rate measured in the "
-                     "same process.\n\n" + mfu_table(results["throughput"]))
+    parts = ["# Benchmarks\n\nGenerated by `scripts/benchmark.py`; do not edit by hand, rerun:"
+             f"\n\n```\n{command}\n```\n\n" + _machine(results), _summary(results)]
+    parts += _step_sections(results)
     if "scaling" in results:
-        parts.append("## 3. Scaling over simulated devices (fixed global batch)\n\n"
+        parts.append("## 5. Scaling over simulated devices (fixed global batch)\n\n"
                      + scaling_table(results["scaling"]))
     if "comm" in results:
-        parts.append("## 4. Exact vs PowerSGD\n\nFloats are for the earlier work's model (ResNet-50 "
-                     "at 244 px, projector 8192-2048-4096-8192); CPU step times are the scaling "
-                     "section's smaller model on simulated devices, where an all-reduce is a memory "
-                     "copy, so they show PowerSGD's compute cost only.\n\n"
-                     + comm_table(results["comm"], results.get("scaling")))
-        if results.get("model"):
-            parts.append("### On paper: 8 GPUs\n\n" + comm.ASSUMPTIONS + "\n\n"
-                         + model_table(results["model"]))
+        parts += _powersgd_sections(results)
     if "pipeline" in results:
-        parts.append("## 5. Input pipeline against the step\n\n" + pipeline_table(
+        parts.append("## 7. Input pipeline against the step\n\n" + pipeline_table(
             results["pipeline"], _consumers(results)))
     parts.append("## Peak host memory and time per job\n\n" + memory_table(results))
     return "\n\n".join(parts) + "\n"
