@@ -15,6 +15,7 @@ image of another size than the crops the network was trained on is refused.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ def read_crop(path: str, crop_size: int, image_size: int) -> np.ndarray:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:  # the size from the header alone
             size = image.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
