@@ -72,6 +72,11 @@ def initial_variables(config) -> Dict[str, Any]:
 # The per-device embedding step and its host loop.
 
 
+def network_variables(state):
+    """What the network reads of a TrainState: the embedding step needs nothing else."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def embed_step(variables, images, *, model, config):
     """Backbone features (or projector embeddings) of this device's slice of inputs."""
     x = network_input(images, config)
@@ -136,18 +141,8 @@ def preprocessing(config) -> Dict[str, Any]:
 def fingerprint(config, variables: Dict[str, Any]) -> str:
     """sha256 (32 hex) of the model settings, the preprocessing and every weight (the frozen
     trunk's too): embeddings with equal fingerprints come from the same function."""
-    import hashlib
-    import json
-
+    trees = [variables] + ([trunk.trunk_variables(config)] if trunk.is_frozen(config) else [])
+    flat = [leaf for tree in trees for leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
     settings = {"version": FINGERPRINT_VERSION, "model": config.model.to_dict(),
-                **preprocessing(config)}
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    trees = [variables]
-    if trunk.is_frozen(config):
-        trees.append(trunk.trunk_variables(config))
-    for tree in trees:
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            array = np.ascontiguousarray(np.asarray(leaf))
-            h.update(f"{jax.tree_util.keystr(path)}{array.shape}{array.dtype.str}".encode())
-            h.update(array.data)
-    return h.hexdigest()[:32]
+                **preprocessing(config), "names": [jax.tree_util.keystr(p) for p, _ in flat]}
+    return trunk.digest([np.asarray(leaf) for _, leaf in flat], settings)

@@ -20,10 +20,6 @@ from bt_jax.data.pairs import device_layout
 SCHEDULE_POINTS = ("", "start", "end")
 
 
-def _network_variables(state):
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
 class Identification:
     """1-NN identification of the eval identities (first-source protocol) with the network."""
 
@@ -32,7 +28,7 @@ class Identification:
 
     def run(self, state) -> Dict[str, Any]:
         def features(inputs):
-            return embedding.compute_embeddings(self.embed, _network_variables(state), inputs,
+            return embedding.compute_embeddings(self.embed, embedding.network_variables(state), inputs,
                                                 self.config)
         return evaluation.identification_report(features, self.inputs, self.records,
                                                 self.config.eval.metric)

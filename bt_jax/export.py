@@ -42,11 +42,7 @@ def embed_function(config, variables: Dict[str, Any]) -> Callable:
     trunk_model, trunk_variables = trunk.trunk_model(config), trunk.trunk_variables(config)
 
     def with_trunk(images):
-        x = preprocess.normalize(images, config.data.normalization)
-        acts = trunk_model.apply(trunk_variables, x, train=False)
-        # The head was trained and is evaluated on the cached, rounded activations: round
-        # them the same way so the export computes the evaluator's function.
-        return head(acts.astype(trunk.CACHE_DTYPE))
+        return head(trunk.forward(trunk_model, trunk_variables, images, config))
 
     return with_trunk
 

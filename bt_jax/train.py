@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from bt_jax import (distributed, embedding, evaluators, optim, parallel, preprocess, reducers,
                     run_config, trunk)
 from bt_jax.checkpointing import Checkpointer
+from bt_jax.embedding import network_variables  # noqa: F401  (re-exported for callers)
 from bt_jax.data import augment, folder, sources
 from bt_jax.losses import barlow_twins_loss
 from bt_jax.models import inception_resnet
@@ -85,11 +86,6 @@ def eval_step(state: TrainState, views, mask, *, model, config):
                          embedding.network_input(views[1], config), train=False)
     loss = barlow_twins_loss(z1, z2, lambd=config.loss.lambd, axis_name=AXIS, mask=mask)
     return loss, jax.lax.psum(jnp.sum(mask), AXIS)
-
-
-def network_variables(state: TrainState):
-    """What the network reads of a state: the embedding step needs nothing else."""
-    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class Steps(NamedTuple):

@@ -86,7 +86,8 @@ def trunk_variables(config) -> Dict[str, Any]:
     return out
 
 
-def _digest(arrays: Sequence[np.ndarray], extra: Dict[str, Any]) -> str:
+def digest(arrays: Sequence[np.ndarray], extra: Dict[str, Any]) -> str:
+    """sha256 (32 hex) of ``extra`` (JSON) and each array's shape, dtype and bytes."""
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     for array in arrays:
         h.update(str((array.shape, array.dtype.str)).encode())
@@ -99,8 +100,15 @@ def cache_key(config, variables, images: np.ndarray) -> str:
     settings = {"version": CACHE_VERSION, "arch": config.model.arch,
                 "freeze_until": config.model.freeze_until,
                 "normalization": config.data.normalization,
-                "weights": _digest(leaves, {})}
-    return _digest([images], settings)
+                "weights": digest(leaves, {})}
+    return digest([images], settings)
+
+
+def forward(model, variables, images, config):
+    """uint8 images -> the trunk's activations, rounded to the cache's float16: what the
+    head trains and is evaluated on, whether cached or computed in one function."""
+    x = preprocess.normalize(images, config.data.normalization)
+    return model.apply(variables, x, train=False).astype(CACHE_DTYPE)
 
 
 class Trunk:
@@ -120,8 +128,7 @@ class Trunk:
         self._apply = jax.pmap(self._forward, in_axes=(None, 0), devices=self.devices)
 
     def _forward(self, variables, images):
-        x = preprocess.normalize(images, self.config.data.normalization)
-        return self.model.apply(variables, x, train=False).astype(CACHE_DTYPE)
+        return forward(self.model, variables, images, self.config)
 
     def compute(self, images: np.ndarray, per_device: int = 8) -> np.ndarray:
         """Activations of ``images`` (uint8 N x S x S x 3), batch by batch (the last one

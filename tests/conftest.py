@@ -94,3 +94,24 @@ def compile_counter():
     _COUNTER.count, _COUNTER.active = 0, True
     yield _COUNTER
     _COUNTER.active = False
+
+
+# The real FaceNet graph (fetched once per machine into the bt_jax cache) and its Flax
+# conversion: shared by the conversion, fine-tuning and PyTorch parity tests.
+@pytest.fixture(scope="session")
+def graph_path():
+    from bt_jax import facenet_weights
+
+    try:
+        return facenet_weights.fetch()
+    except facenet_weights.FetchError as e:
+        pytest.skip(f"the FaceNet graph cannot be fetched here: {e}")
+
+
+@pytest.fixture(scope="session")
+def converted(graph_path, tmp_path_factory):
+    from bt_jax import convert
+
+    out = str(tmp_path_factory.mktemp("facenet") / "casia")
+    manifest = convert.convert_file(graph_path, out)
+    return out, manifest

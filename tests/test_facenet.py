@@ -31,24 +31,11 @@ LAYERS = [("Conv2d_4b_3x3", "InceptionResnetV1/Conv2d_4b_3x3/Relu"),
           ("Bottleneck", "InceptionResnetV1/Bottleneck/BatchNorm/Reshape_1")]
 
 
-@pytest.fixture(scope="module")
-def graph_path():
-    try:
-        return facenet_weights.fetch()
-    except facenet_weights.FetchError as e:
-        pytest.skip(f"the FaceNet graph cannot be fetched here: {e}")
-
 
 @pytest.fixture(scope="module")
 def nodes(graph_path):
     return graphdef.read_graph(graph_path)
 
-
-@pytest.fixture(scope="module")
-def converted(graph_path, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("facenet") / "casia")
-    manifest = convert.convert_file(graph_path, out)
-    return out, manifest
 
 
 def _load(folder):

@@ -158,19 +158,12 @@ def test_tf_same_padding_only_where_it_is_symmetric():
             torch_models.tf_same_padding(kernel, stride)
 
 
-def _facenet_weights() -> str:
-    return os.environ.get("BT_JAX_FACENET_WEIGHTS",
-                          os.path.join(REPO, "converted_weights", "facenet_casia"))
-
-
-@pytest.mark.skipif(not os.path.isdir(os.path.join(_facenet_weights(), "variables")),
-                    reason="needs the converted FaceNet weights in "
-                           "converted_weights/facenet_casia (scripts/download_facenet.py, then "
-                           "scripts/convert_weights.py) or $BT_JAX_FACENET_WEIGHTS")
-def test_facenet_weights_match_flax():
+def test_facenet_weights_match_flax(converted):
+    """The real CASIA weights (the graph fetched and converted as in test_facenet.py; it
+    skips, saying why, only where the graph cannot be fetched)."""
     from bt_jax.pretrained import read_converted
 
-    loaded = read_converted(_facenet_weights())
+    loaded = read_converted(converted[0])
     variables = {c: jax.device_get(loaded[c]["backbone"]) for c in ("params", "batch_stats")}
     rng = np.random.default_rng(0)
     images = np.stack([rng.integers(0, 256, (160, 160, 3), dtype=np.uint8),
