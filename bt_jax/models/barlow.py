@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bt_jax.models import ops
 from bt_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, CaffeResNet
 
 
@@ -36,7 +37,8 @@ class Projector(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype)
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+                                  dot_general=ops.dot_general)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)

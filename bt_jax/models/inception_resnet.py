@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bt_jax.models import ops
+
 ModuleDef = Callable[..., nn.Module]
 
 # TF-slim's batch_norm in FaceNet: epsilon 0.001. Flax momentum 0.9 is PyTorch's 0.1, as
@@ -117,7 +119,8 @@ class DenseBN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Dense(self.features, use_bias=False, dtype=self.dtype, name="dense")(x)
+        x = nn.Dense(self.features, use_bias=False, dtype=self.dtype,
+                     dot_general=ops.dot_general, name="dense")(x)
         return self.norm(name="BatchNorm")(x)
 
 
@@ -182,7 +185,8 @@ class InceptionResNetV1(nn.Module):
         if self.output not in ("bottleneck", "pooled"):
             raise ValueError(f"InceptionResNetV1.output={self.output!r}: use 'bottleneck' "
                              "or 'pooled'.")
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 conv_general_dilated=ops.conv_general_dilated)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train or self.frozen_bn, momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)

@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bt_jax.models import ops
+
 ModuleDef = Callable[..., nn.Module]
 
 # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (the weight on the old running value).
@@ -85,7 +87,8 @@ class CaffeResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 conv_general_dilated=ops.conv_general_dilated)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)
@@ -103,7 +106,8 @@ class CaffeResNet(nn.Module):
         # interchangeable with the reference implementation.
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         if self.num_classes:
-            x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+            x = nn.Dense(self.num_classes, dtype=self.dtype, dot_general=ops.dot_general,
+                         name="fc")(x)
         return x
 
     def _average_pool(self, x):

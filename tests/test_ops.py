@@ -1,0 +1,115 @@
+"""bt_jax.models.ops: bf16 1x1 convolutions and dense layers as f32-accumulated products.
+
+Known answers: the same layer in float32 on the bf16-rounded values (what the products
+accumulate), and the unchanged ``lax`` result wherever the layer is not rerouted.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from bt_jax.models import ops, tiny_inception_resnet, tiny_resnet
+
+BF16, F32 = jnp.bfloat16, jnp.float32
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _rounded(shape, seed):
+    """Random values that bf16 holds exactly, as float32."""
+    return jax.random.normal(jax.random.PRNGKey(seed), shape).astype(BF16).astype(F32)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _primitives(fn, *args):
+    return {str(e.primitive) for e in jax.make_jaxpr(fn)(*args).eqns}
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), "VALID"),
+                                             ((2, 2), "SAME"), ((1, 1), ((0, 0), (0, 0)))])
+def test_bf16_pointwise_conv_matches_the_f32_convolution_with_gradients(strides, padding):
+    x, w = _rounded((2, 7, 9, 16), 0), _rounded((1, 1, 16, 24), 1)
+
+    def loss(conv, dtype):
+        def f(x, w):
+            y = conv(x.astype(dtype), w.astype(dtype), strides, padding,
+                     dimension_numbers=NHWC)
+            return jnp.sum(jnp.sin(y.astype(F32)))
+        return f
+
+    ours, ref = loss(ops.conv_general_dilated, BF16), loss(lax.conv_general_dilated, F32)
+    y = ops.conv_general_dilated(x.astype(BF16), w.astype(BF16), strides, padding,
+                                 dimension_numbers=NHWC)
+    y_ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+    assert y.dtype == BF16 and y.shape == y_ref.shape
+    assert _rel(y, y_ref) < 1e-2
+    for g, g_ref in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+        assert g.shape == g_ref.shape and _rel(g, g_ref) < 2e-2
+    # Rerouted: a product with a float32 result, forward and backward, and no convolution.
+    grad_prims = _primitives(jax.grad(ours, (0, 1)), x, w)
+    assert "conv_general_dilated" not in grad_prims and "custom_vjp_call" in grad_prims
+
+
+def test_bf16_matmul_backward_multiplies_bf16_operands_into_f32():
+    x, w = _rounded((5, 8), 2).astype(BF16), _rounded((8, 3), 3).astype(BF16)
+    dots = [e for e in jax.make_jaxpr(lambda g: ops._matmul_backward((x, w), g))(
+        jnp.ones((5, 3), F32)).eqns if str(e.primitive) == "dot_general"]
+    assert len(dots) == 2
+    for e in dots:
+        assert all(v.aval.dtype == BF16 for v in e.invars)
+        assert e.params["preferred_element_type"] == F32
+    dx, dw = jax.grad(lambda x, w: jnp.sum(ops.bf16_matmul(x, w).astype(F32) ** 2), (0, 1))(x, w)
+    xf, wf = x.astype(F32), w.astype(F32)
+    dx_ref, dw_ref = jax.grad(lambda x, w: jnp.sum((x @ w) ** 2), (0, 1))(xf, wf)
+    assert dx.dtype == dw.dtype == BF16
+    assert _rel(dx, dx_ref) < 2e-2 and _rel(dw, dw_ref) < 2e-2
+
+
+@pytest.mark.parametrize("case", ["float32", "3x3", "grouped", "dilated", "padded"])
+def test_other_convolutions_are_lax_unchanged(case):
+    dtype = F32 if case == "float32" else BF16
+    kernel = (3, 3) if case == "3x3" else (1, 1)
+    groups = 2 if case == "grouped" else 1
+    x = _rounded((2, 6, 6, 8), 4).astype(dtype)
+    w = _rounded(kernel + (8 // groups, 4), 5).astype(dtype)
+    kwargs = dict(dimension_numbers=NHWC, feature_group_count=groups,
+                  rhs_dilation=(2, 2) if case == "dilated" else None)
+    padding = ((1, 1), (1, 1)) if case == "padded" else "SAME"
+    got = ops.conv_general_dilated(x, w, (1, 1), padding, **kwargs)
+    want = lax.conv_general_dilated(x, w, (1, 1), padding, **kwargs)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    assert "conv_general_dilated" in _primitives(
+        lambda x, w: ops.conv_general_dilated(x, w, (1, 1), padding, **kwargs), x, w)
+
+
+def test_dense_layer_in_bf16_is_rerouted_and_float32_is_not():
+    x = _rounded((4, 32), 6)
+    for dtype, rerouted in ((BF16, True), (F32, False)):
+        layer = nn.Dense(16, use_bias=False, dtype=dtype, dot_general=ops.dot_general)
+        plain = nn.Dense(16, use_bias=False, dtype=dtype)
+        params = plain.init(jax.random.PRNGKey(0), x)
+        got, want = layer.apply(params, x), plain.apply(params, x)
+        assert got.dtype == want.dtype == dtype
+        if rerouted:
+            assert _rel(got, want) < 1e-2
+            assert "custom_vjp_call" in _primitives(lambda p: layer.apply(p, x), params)
+        else:
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("make,size", [(tiny_inception_resnet, 80), (tiny_resnet, 64)])
+def test_models_in_bf16_keep_their_parameters_and_stay_close_to_float32(make, size):
+    x = jax.random.uniform(jax.random.PRNGKey(7), (2, size, size, 3))
+    f32, bf16 = make(dtype=F32), make(dtype=BF16)
+    variables = jax.jit(f32.init)(jax.random.PRNGKey(0), x)
+    shapes = jax.tree.map(jnp.shape, variables)
+    assert jax.tree.map(jnp.shape, jax.eval_shape(bf16.init, jax.random.PRNGKey(0), x)) == shapes
+    want, got = jax.jit(f32.apply)(variables, x), jax.jit(bf16.apply)(variables, x)
+    assert got.dtype == BF16 and _rel(got, want) < 0.1
+    assert "custom_vjp_call" in str(jax.make_jaxpr(bf16.apply)(variables, x))
