@@ -254,3 +254,20 @@ def test_facenet_cached_trunk_job_and_report():
     text = report.render(json.loads(json.dumps(results)), "python scripts/benchmark.py")
     row = "| FaceNet head after Mixed_7a (cached trunk) | 80 | 4 | default (ynn on) | ours f32 |"
     assert row in text and "## 2. FaceNet steps" in text and "(target <= 1.0x:" in text
+
+
+def test_headline_takes_our_best_and_gives_like_for_like_ratios():
+    """Fake medians with known ratios: ours bf16 0.9 s is our best against PyTorch bf16
+    autocast 1.0 s (0.90x); like for like f32 1.2 / 1.1 and bf16 0.9 / 1.0."""
+    options = plan.Options(fast_cpu_default=True, bf16="on", facenet_steps=("full",))
+    (spec, _), = plan.facenet_specs(options)
+    assert [v["name"] for v in spec["jax"]] == [report.OURS_PLAIN, "ours bf16"]
+    medians = {report.OURS_PLAIN: 1.2, "ours bf16": 0.9, "PyTorch f32": 1.3,
+               "PyTorch f32 channels_last": 1.1, "PyTorch bf16 autocast": 1.0}
+    summary = {k: {"median_s": v, "min_s": v, "q1_s": v, "q3_s": v, "n": 1}
+               for k, v in medians.items()}
+    job = {"spec": {**spec, "fast_cpu": True, "fast_cpu_default": True}, "summary": summary}
+    line, = report.headline([job])
+    assert "ours bf16 0.90 s, PyTorch bf16 autocast 1.00 s: **0.90x** (target <= 1.0x: met)" \
+        in line
+    assert line.endswith("like for like, ours / PyTorch's best: f32 1.09x, bf16 0.90x")

@@ -240,9 +240,11 @@ def facenet_specs(options: Options) -> List[Tuple[Dict[str, Any], bool]]:
     """[(spec, ynn on?)]: each FaceNet step on the default path beside PyTorch, and those
     in ``facenet_ynn_off`` again with the flag off."""
     out, default = [], bool(options.fast_cpu_default)
-    # Ours in f32 only, as the recipes train (a bf16 variant is one more compile of over a
-    # minute); PyTorch's best still includes its bf16 autocast where the CPU has it.
-    ours = [_ours(OURS_PLAIN, "float32")]
+    # Ours in f32, as the recipes train, and in bf16 beside PyTorch's bf16 autocast where
+    # the CPU has native bf16 (bf16 1x1 convolutions and dense layers run as f32-accumulated
+    # products then: bt_jax/models/ops.py).
+    ours = [_ours(OURS_PLAIN, "float32")] + (
+        [_ours("ours bf16", "bfloat16")] if bf16_on(options) else [])
     for step, (name, case) in facenet_cases(options).items():
         out.append((_throughput_spec(options, case, ours, _torch(options, case["arch"]),
                                      f"FaceNet {step}", name), default))

@@ -149,8 +149,20 @@ def headline(jobs) -> List[str]:
         case = job["spec"]["case"]
         lines.append(f"* {step_name(job['spec'])}, {case['image_size']} px, {case['batch']} pairs: "
                      f"{best} {a:.2f} s, {base} {b:.2f} s: **{a / b:.2f}x** "
-                     f"(target <= 1.0x: {verdict})")
+                     f"(target <= 1.0x: {verdict}){_like_for_like(job)}")
     return lines
+
+
+def _like_for_like(job) -> str:
+    """Ours against PyTorch's best in the same precision, for each precision both ran."""
+    s, parts = job["summary"], []
+    for label, ours, torch in (("f32", OURS_PLAIN, lambda n: "bf16" not in n),
+                               ("bf16", "ours bf16", lambda n: "bf16" in n)):
+        theirs = [n for n in s if n.startswith(TORCH) and torch(n)]
+        if ours in s and theirs:
+            b = min(s[n]["median_s"] for n in theirs)
+            parts.append(f"{label} {s[ours]['median_s'] / b:.2f}x")
+    return "; like for like, ours / PyTorch's best: " + ", ".join(parts) if parts else ""
 
 
 def lever_table(jobs) -> str:
