@@ -3,10 +3,10 @@
 XLA's CPU backend runs a bfloat16 matrix product at the native bf16 rate (AVX-512 BF16,
 AMX) only when the product is asked for in float32 (``preferred_element_type``); a bf16
 product with a bf16 result, and every bf16 convolution, go through float32 kernels with
-conversions around them. Measured on a Zen 4 EPYC (2 cores, 2048^3): 250-370 GFLOP/s for
-bf16 -> f32 products against 165-195 for f32 and bf16 -> bf16 ones; a bf16 1x1 convolution
-done as such a product ran its forward and backward passes 1.7-3x faster than the f32
-convolution (docs/benchmarks.md has the whole steps).
+conversions around them. Measured ad hoc on a Zen 4 EPYC (2 cores, 2048^3): 250-370
+GFLOP/s for bf16 -> f32 products against 165-195 for f32 and bf16 -> bf16 ones; a bf16 1x1
+convolution of Inception-ResNet-v1 done as such a product ran its forward and backward
+passes 1.8-3.1x faster than the f32 convolution (docs/benchmarks.md has the whole steps).
 
 So in bfloat16, 1x1 convolutions (a third of Inception-ResNet-v1's FLOPs, half of
 ResNet-50's) and dense layers become matrix products accumulated in float32, with a custom
