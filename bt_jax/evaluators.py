@@ -28,8 +28,8 @@ class Identification:
 
     def run(self, state) -> Dict[str, Any]:
         def features(inputs):
-            return embedding.compute_embeddings(self.embed, embedding.network_variables(state), inputs,
-                                                self.config)
+            return embedding.compute_embeddings(
+                self.embed, embedding.network_variables(state), inputs, self.config)
         return evaluation.identification_report(features, self.inputs, self.records,
                                                 self.config.eval.metric)
 

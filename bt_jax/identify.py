@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bt_jax.data.folder import decode_image
+from bt_jax.evaluation.features import l2_normalize
 
 GALLERY_VERSION = 1
 UNKNOWN = "unknown"
@@ -33,8 +34,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(x, np.float32))
 
 
 # ----------------------------------------------------------------------------------------

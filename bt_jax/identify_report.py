@@ -25,7 +25,7 @@ from bt_jax.evaluation.stats import bootstrap_ci
 from bt_jax.identify import Classifier, Gallery
 
 
-def _gallery(features, records, index, chosen, embedder) -> Gallery:
+def _gallery(features, index, chosen, embedder) -> Gallery:
     rows = [index[id(r)] for r in chosen]
     return Gallery(features[rows], [r.identity for r in chosen], [r.path for r in chosen],
                    embedder.fingerprint, embedder.preprocessing)
@@ -35,7 +35,7 @@ def closed_set(features, records, embedder, classifiers: Sequence[Classifier], *
                seed: int, samples: int = 1000) -> Dict[str, Any]:
     a = protocols.first_sources(records, count=2)
     index = {id(r): i for i, r in enumerate(records)}
-    gallery = _gallery(features, records, index, a.gallery, embedder)
+    gallery = _gallery(features, index, a.gallery, embedder)
     probes = features[[index[id(r)] for r in a.probes]]
     truth = np.asarray([r.identity for r in a.probes])
     out = {"protocol": a.protocol, "gallery_images": len(a.gallery),
@@ -70,7 +70,7 @@ def open_set(features, records, embedder, classifier: Classifier, fpirs: Sequenc
     enrolled, calibration, test = _split_people(sorted({r.identity for r in records}), seed)
     a = protocols.first_sources([r for r in records if r.identity in enrolled], count=2)
     index = {id(r): i for i, r in enumerate(records)}
-    gallery = _gallery(features, records, index, a.gallery, embedder)
+    gallery = _gallery(features, index, a.gallery, embedder)
 
     def stranger_rows(people):  # a stranger's masked images, as probes would be
         return [index[id(r)] for r in records if r.identity in people and r.masked is not False]
