@@ -120,6 +120,38 @@ def test_error_feedback_identity():
     _close(jax.tree.map(np.add, applied, error), true, 1e-4)
 
 
+def _reference_step(g, e, q):
+    """One PowerSGD step written out with M formed, on (devices, n, m) arrays: the
+    formula the reducer computes without forming M or P Q^T (one power iteration)."""
+    m = g + e
+    q = q / np.linalg.norm(q, axis=0, keepdims=True)
+    p, _ = np.linalg.qr(np.einsum("dnm,mr->nr", m, q))  # psum(M Q), orthogonalised
+    q = np.einsum("dnm,nr->mr", m, p) / len(g)  # psum(M^T P) / devices
+    approx = p @ q.T
+    return approx, m - approx, q
+
+
+def test_matches_a_reference_with_m_formed():
+    shape = (3, 3, 2, 4)
+    params = {"w": np.zeros(shape, np.float32)}
+    update, state = _setup(params, rank=2, start_iter=0, min_compression_rate=0.0)
+    rng = np.random.default_rng(5)
+    e = np.zeros((N, 18, 4))
+    q = np.asarray(state.q["w"])[0].astype(np.float64)
+    for _ in range(3):  # from the second step on, the error buffers differ per device
+        g = rng.normal(size=(N,) + shape).astype(np.float32)
+        out, state = update({"w": g}, state)
+        approx, e, q = _reference_step(g.reshape(N, 18, 4).astype(np.float64), e, q)
+        # QR's column signs are arbitrary, but P Q^T, the error and |Q| are not.
+        np.testing.assert_allclose(np.asarray(out["w"]), np.broadcast_to(
+            approx.reshape(shape), (N,) + shape), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.error["w"]).reshape(N, 18, 4), e,
+                                   atol=1e-5)
+        np.testing.assert_allclose(np.abs(np.asarray(state.q["w"])[0]), np.abs(q),
+                                   atol=1e-5)
+    assert np.abs(e).max() > 0.1  # rank 2 of 4 really left an error
+
+
 def test_zero_gradients_give_no_nan_and_the_next_step_recovers():
     update, state = _setup(_params(), rank=10, min_compression_rate=0.0, start_iter=0)
     zeros = jax.tree.map(lambda x: np.zeros((N,) + x.shape, np.float32), _params())
