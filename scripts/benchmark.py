@@ -53,6 +53,7 @@ def _add_step_options(p, d) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds, help="timed steps per runner")
     p.add_argument("--levers", type=_choices(plan.LEVERS), default=d.levers,
                    help=f"subset of {plan.LEVERS}; 'ynn': also time our step with ynn off; "
+                        "'malloc': also with the C library's malloc instead of tcmalloc; "
                         "'fused' (0.99x on the reference CPU) and 'nodonate' cost a compile each")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default=d.bf16,
                    help="bf16 runners (ours bf16, PyTorch bf16 autocast); auto: where the CPU "
@@ -144,7 +145,8 @@ def main(argv) -> None:
         args.json = ""  # the JSON is the input: leave it as it is
     elif args.estimate:
         options = options_from(args)
-        print_estimate(dataclasses.replace(options, fast_cpu_default=plan.probe_fast_cpu()))
+        print_estimate(dataclasses.replace(options, fast_cpu_default=plan.probe_fast_cpu(),
+                                           malloc_default=plan.probe_malloc()))
         return
     else:
         results = plan.run_all(options_from(args))

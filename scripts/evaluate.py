@@ -21,7 +21,7 @@ from --config; the weights from --workdir, --init, or else config.init.
 from bt_jax.devices import set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
-set_up_cpu(8)  # before jax is imported: 8 simulated CPU devices, the fast CPU path
+set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 
 import os  # noqa: E402
@@ -37,6 +37,8 @@ from bt_jax.evaluation.identification import Identification  # noqa: E402
 
 flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
                   "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
+flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
+                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
                                           "image size, normalisation, config.eval.*).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint to use.")

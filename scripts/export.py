@@ -30,6 +30,8 @@ from ml_collections import config_flags  # noqa: E402
 
 flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
                   "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
+flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
+                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
                                           "image size, normalisation, config.eval.embedding "
                                           "and metric).", lock_config=True)

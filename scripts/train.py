@@ -12,7 +12,7 @@ divergence and checkpoint write failures exit with status 1 and one line.
 from bt_jax.devices import set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
-set_up_cpu(8)  # before jax is imported: 8 simulated CPU devices, the fast CPU path
+set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
 
 import os  # noqa: E402
@@ -27,6 +27,8 @@ from bt_jax.train import (INTERRUPTED_EXIT_CODE, Preempted, format_results,  # n
 
 flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
                   "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
+flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
+                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")

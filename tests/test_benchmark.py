@@ -1,6 +1,7 @@
 """The benchmark's own logic: the fused-views step, the PyTorch mirror, the comm model,
 the config stand-in and the report. Timing itself is not tested."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -176,6 +177,29 @@ def test_jobs_set_their_own_xla_flags():
     assert report.FAST_CPU_FLAG == FAST_CPU_FLAG
 
 
+def test_jobs_get_the_benchmarks_allocator_not_the_shells():
+    shell = {"LD_PRELOAD": "/opt/libtcmalloc.so.4 libother.so", "PATH": "/bin"}
+    tc = jobs.job_env(True, 1, base=shell, malloc="libtcmalloc_minimal.so.4")
+    assert tc["LD_PRELOAD"] == "libtcmalloc_minimal.so.4 libother.so"
+    assert tc["BT_JAX_TCMALLOC"] == "1"
+    plain = jobs.job_env(True, 1, base=shell)
+    assert plain["LD_PRELOAD"] == "libother.so" and plain["BT_JAX_TCMALLOC"] == "0"
+    assert "LD_PRELOAD" not in jobs.job_env(True, 1, base={"LD_PRELOAD": "libtcmalloc.so"})
+    # The lever adds one job on the default ynn path with the C library's malloc, named so.
+    options = plan.Options(fast_cpu_default=True, malloc_default="libtcmalloc_minimal.so.4",
+                           levers=("malloc",), bf16="off", xla_flags="")
+    specs = plan.first_size_specs(options)
+    assert [(s.get("malloc"), fast, len(s["torch"])) for s, fast in specs] == [
+        (None, True, 2), ("", True, 0)]
+    named = [report.cpu_path({**s, "fast_cpu": fast, "fast_cpu_default": True,
+                              "malloc": s.get("malloc", options.malloc_default),
+                              "malloc_default": options.malloc_default})
+             for s, fast in specs]
+    assert named == ["default (ynn on)", "ynn on + C library malloc"]
+    none_found = dataclasses.replace(options, malloc_default="")
+    assert len(plan.first_size_specs(none_found)) == 1  # nothing to compare against
+
+
 def test_cpu_paths_are_named_against_the_default():
     options = plan.Options(fast_cpu_default=True, levers=("ynn",), bf16="off")
     assert [(fast, [v["name"] for v in ours]) for fast, ours in plan.lever_variants(options)] == [
@@ -195,7 +219,7 @@ def test_cpu_paths_are_named_against_the_default():
 def test_default_run_and_quick_fit_their_time():
     """The time model behind the printed estimate, with the bf16 runners of a CPU that has
     native bf16: headroom for load under 20 min (full) and 5 min (--quick)."""
-    full = plan.Options(fast_cpu_default=True, bf16="on")
+    full = plan.Options(fast_cpu_default=True, bf16="on", malloc_default="libtcmalloc.so")
     assert sum(plan.estimate(full).values()) < 17 * 60
     assert sum(plan.estimate(plan.quick(full)).values()) < 4.5 * 60
 

@@ -22,3 +22,47 @@ def test_a_flag_xla_rejects_is_left_off(monkeypatch):
     env = {**os.environ, "XLA_FLAGS": ""}
     flags, message = devices.choose_cpu_flags(env, [])
     assert flags == "" and "rejected" in message
+
+
+def _choose(env=None, argv=(), platform="linux", library="libtcmalloc_minimal.so.4"):
+    return devices.choose_malloc(env or {}, list(argv), platform, find=lambda: library)
+
+
+def test_tcmalloc_is_chosen_unless_the_user_or_the_system_says_otherwise():
+    assert _choose() == ("libtcmalloc_minimal.so.4", None)
+    assert _choose({"LD_PRELOAD": "libfoo.so"}) == ("libtcmalloc_minimal.so.4", None)
+    for off in ({"BT_JAX_TCMALLOC": "0"}, {"LD_PRELOAD": "/x/libjemalloc.so.2"},
+                {"BT_JAX_TCMALLOC_PRELOADED": "1"}):
+        assert _choose(off) == (None, None), off
+    assert _choose(argv=["--config", "c.py", "--notcmalloc"]) == (None, None)
+    assert _choose(platform="darwin") == (None, None)  # no LD_PRELOAD there
+    library, message = _choose(library=None)
+    assert library is None and "libtcmalloc-minimal4" in message and "BT_JAX_TCMALLOC=0" in message
+
+
+_SHOW = ("import sys; from bt_jax import devices; devices.preload_tcmalloc(); "
+         "print('tcmalloc' in devices.loaded_libraries(), sys.argv[1:])")
+
+
+def _show(**env):
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("LD_PRELOAD", "BT_JAX_TCMALLOC", "BT_JAX_TCMALLOC_PRELOADED")}
+    done = subprocess.run([sys.executable, "-c", _SHOW, "--a", "b c"], capture_output=True,
+                          text=True, env={**clean, **env}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), done.stderr
+
+
+def test_the_process_is_re_executed_with_tcmalloc_and_keeps_its_arguments():
+    import pytest
+
+    if devices.find_tcmalloc() is None:
+        pytest.skip("tcmalloc is not installed here (" + devices.MALLOC_INSTALL + "); "
+                    ".ci/run installs it where apt-get can")
+    out, err = _show()
+    assert out == "True ['--a', 'b c']" and err.count("tcmalloc preloaded") == 1, (out, err)
+    out, err = _show(BT_JAX_TCMALLOC="0")
+    assert out == "False ['--a', 'b c']" and err == ""

@@ -22,16 +22,23 @@ from bt_jax.benchmark.cases import Case
 
 
 def job_env(fast_cpu: bool, devices: int = 1, extra_flags: str = "",
-            base: Dict[str, str] | None = None) -> Dict[str, str]:
+            base: Dict[str, str] | None = None, malloc: str = "") -> Dict[str, str]:
     """The environment of a job process, its XLA flags set here and nowhere else.
 
     The entry points now turn XLA's fast CPU path on by themselves (bt_jax/devices.py) and
     a shell may carry any XLA_FLAGS; a benchmark that inherited them would not know which
     path it measured. So every job gets exactly: its simulated device count, the fast CPU
-    flag if ``fast_cpu``, the run's ``extra_flags``, and BT_JAX_FAST_CPU to match.
+    flag if ``fast_cpu``, the run's ``extra_flags``, and BT_JAX_FAST_CPU to match. The
+    same goes for the allocator: ``malloc`` (a library to preload, '' for the C library's
+    own) replaces whatever tcmalloc the shell preloads, and BT_JAX_TCMALLOC matches it.
     """
-    from bt_jax.devices import FAST_CPU_ENV, FAST_CPU_FLAG
+    from bt_jax.devices import FAST_CPU_ENV, FAST_CPU_FLAG, MALLOC_ENV
     env = dict(os.environ if base is None else base)
+    preload = [lib for lib in env.get("LD_PRELOAD", "").split() if "tcmalloc" not in lib]
+    env["LD_PRELOAD"] = " ".join(([malloc] if malloc else []) + preload)
+    if not env["LD_PRELOAD"]:
+        del env["LD_PRELOAD"]
+    env[MALLOC_ENV] = "1" if malloc else "0"
     flags = [f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []
     flags += ([FAST_CPU_FLAG] if fast_cpu else []) + extra_flags.split()
     env["XLA_FLAGS"] = " ".join(flags)
@@ -45,14 +52,15 @@ def job_flags(fast_cpu: bool, extra_flags: str = "") -> str:
 
 
 def run_job(spec: Dict[str, Any], *, fast_cpu: bool = False, devices: int = 1,
-            extra_flags: str = "", timeout_s: float = 3600) -> Dict[str, Any]:
+            extra_flags: str = "", timeout_s: float = 3600, malloc: str = "") -> Dict[str, Any]:
     """Run one job in a fresh process; its result, or {'error': ...} if it failed."""
     spec = {**spec, "fast_cpu": fast_cpu, "xla_flags": job_flags(fast_cpu, extra_flags)}
-    measure.log(f"[job] {spec['kind']} {spec.get('label', '')} XLA_FLAGS='{spec['xla_flags']}'")
+    measure.log(f"[job] {spec['kind']} {spec.get('label', '')} XLA_FLAGS='{spec['xla_flags']}' "
+                f"malloc={malloc or 'C library'}")
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "bt_jax.benchmark.jobs", json.dumps(spec)],
-                              env=job_env(fast_cpu, devices, extra_flags),
+                              env=job_env(fast_cpu, devices, extra_flags, malloc=malloc),
                               stdout=subprocess.PIPE, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"spec": spec, "error": f"timed out after {timeout_s:.0f} s"}

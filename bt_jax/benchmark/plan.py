@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from bt_jax.benchmark import cases, comm, jobs, measure
 from bt_jax.benchmark.report import OURS_PLAIN, TORCH_F32, ok_jobs, powersgd_ratio, step_rows
 
-LEVERS = ("fused", "ynn", "nodonate")
+LEVERS = ("fused", "ynn", "nodonate", "malloc")
 FACENET_STEPS = ("full", "trunk")
 # The recipe each FaceNet step takes its settings from (configs/<recipe>.py).
 FACENET_RECIPES = {"full": "facenet", "trunk": "mlfw_facenet"}
@@ -36,7 +36,7 @@ class Options:
     projector: str = "2048-4096-8192"
     arch: str = "resnet50"  # 'tiny' for smoke tests
     rounds: int = 4
-    levers: Tuple[str, ...] = ("ynn",)  # 'fused', 'nodonate': one more compile each
+    levers: Tuple[str, ...] = ("ynn", "malloc")  # 'fused', 'nodonate': one more compile each
     # bf16 runners on both sides (ours bf16, PyTorch bf16 autocast): 'auto' where the CPU
     # has native bf16 (without it both are slower than f32: docs/benchmarks.md history).
     bf16: str = "auto"
@@ -60,8 +60,9 @@ class Options:
     powersgd_size: int = 244
     powersgd_devices: int = 2  # simulated devices of the timed step; 0 = no step
     powersgd_batch: int = 2  # pairs per device: global 8, as the 8-device run that did not fit
-    # 3 alternated steps gave 1.003 and 1.142 in two runs; 6 gave 1.076 (IQRs of 0.8 s+).
-    powersgd_rounds: int = 5
+    # Before the reducer stopped forming M and P Q^T: 3 alternated steps gave 1.003 and
+    # 1.142 in two runs, 6 gave 1.076 (IQRs of 0.8 s+). After, with tcmalloc: 4 gave 1.015.
+    powersgd_rounds: int = 4
     powersgd_memory_gb: float = 18.0  # what the chosen setting must fit in
     data_dir: str = ""
     pipeline_batch: int = 64
@@ -69,6 +70,7 @@ class Options:
     pipeline_workers: int = 0
     job_timeout_s: float = 3600
     fast_cpu_default: Optional[bool] = None  # None: probe XLA as the entry points do
+    malloc_default: Optional[str] = None  # the tcmalloc they preload, '' none; None: look
     gpu_result: Optional[Dict[str, Any]] = None  # a gpu_bench.sh JSON for the 8-GPU model
 
 
@@ -103,11 +105,21 @@ def _ours(name: str, dtype: str, *, fused: bool = False, donate: bool = True) ->
     return {"name": name, "dtype": dtype, "fused": fused, "donate": donate}
 
 
+def probe_malloc() -> str:
+    """The allocator the entry points would preload here (bt_jax/devices.py), '' for none."""
+    from bt_jax import devices
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", devices.MALLOC_ENV)}
+    return devices.choose_malloc(env, [])[0] or ""
+
+
 def _run(options: Options, spec, *, fast_cpu: bool, devices: int = 1) -> Dict[str, Any]:
-    """One job with its CPU path stated: ``fast_cpu`` and what the default is."""
-    spec = {**spec, "fast_cpu_default": options.fast_cpu_default}
+    """One job with its CPU path stated: ``fast_cpu``, its allocator (the default unless the
+    spec names one) and what the defaults are."""
+    spec = {"malloc": options.malloc_default or "", **spec,
+            "fast_cpu_default": options.fast_cpu_default,
+            "malloc_default": options.malloc_default or ""}
     return jobs.run_job(spec, fast_cpu=fast_cpu, devices=devices, extra_flags=options.xla_flags,
-                        timeout_s=options.job_timeout_s)
+                        timeout_s=options.job_timeout_s, malloc=spec["malloc"])
 
 
 def lever_variants(options: Options) -> List[Tuple[bool, List[Dict[str, Any]]]]:
@@ -185,6 +197,10 @@ def first_size_specs(options: Options) -> List[Tuple[Dict[str, Any], bool]]:
         out.append((_throughput_spec(options, case, ours,
                                      _torch(options, options.arch) if on_default else [],
                                      f"{first}px levers{_path_label(fast, options)}"), fast))
+    if "malloc" in options.levers and options.malloc_default:
+        spec = _throughput_spec(options, case, [_ours(OURS_PLAIN, "float32")], [],
+                                f"{first}px levers, C library malloc")
+        out.append(({**spec, "malloc": ""}, bool(options.fast_cpu_default)))
     return out
 
 
@@ -415,6 +431,7 @@ def machine(options: Options) -> Dict[str, Any]:
             "cpu_count": os.cpu_count(), "processor": _cpu_model(),
             "cpu_flags": _cpu_flags(), "bf16_native": native_bf16(),
             "fast_cpu_default": options.fast_cpu_default,
+            "malloc_default": options.malloc_default,
             "shell_xla_flags": os.environ.get("XLA_FLAGS", ""),
             "load_avg_start": os.getloadavg()[0]}
     try:
@@ -535,6 +552,8 @@ def run_all(options: Options) -> Dict[str, Any]:
     """Every selected section, one job process at a time; the results as one dict."""
     if options.fast_cpu_default is None:
         options = dataclasses.replace(options, fast_cpu_default=probe_fast_cpu())
+    if options.malloc_default is None:
+        options = dataclasses.replace(options, malloc_default=probe_malloc())
     start, results = time.time(), {"machine": machine(options)}
     results["options"] = {k: v for k, v in dataclasses.asdict(options).items()
                           if k != "gpu_result"}

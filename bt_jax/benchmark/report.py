@@ -34,7 +34,9 @@ def cpu_path(spec) -> str:
     if "fast_cpu" not in spec:  # a run from before the default changed: its flags verbatim
         return flags.replace("--xla_cpu_experimental_", "") or "XLA's default"
     name = "ynn on" if spec["fast_cpu"] else "ynn off"
-    if spec["fast_cpu"] == spec.get("fast_cpu_default", spec["fast_cpu"]):
+    if spec.get("malloc", "") != spec.get("malloc_default", ""):
+        name += f" + {spec['malloc'] or 'C library'} malloc"
+    if on_default_path({"spec": spec}):
         name = f"default ({name})"
     extra = [f for f in flags.split() if f != FAST_CPU_FLAG]
     return name + (" + " + " ".join(extra) if extra else "")
@@ -44,7 +46,8 @@ def on_default_path(job) -> bool:
     spec = job["spec"]
     if "fast_cpu" not in spec:
         return not spec.get("xla_flags")
-    return spec["fast_cpu"] == spec.get("fast_cpu_default", spec["fast_cpu"])
+    return (spec["fast_cpu"] == spec.get("fast_cpu_default", spec["fast_cpu"])
+            and spec.get("malloc", "") == spec.get("malloc_default", ""))
 
 
 def step_name(spec) -> str:
@@ -129,7 +132,8 @@ def default_vs_off_table(jobs) -> str:
                          "{:.1f}-{:.1f} / {:.1f}-{:.1f}".format(
                              *default.get("load_avg", (0, 0)), *other.get("load_avg", (0, 0)))])
     if not rows:
-        return "not measured (no job with ynn off: --levers ynn, --facenet_ynn_off)"
+        return ("not measured (no job off the default path: --levers ynn,malloc, "
+                "--facenet_ynn_off)")
     return _table(["step", "px", "batch (pairs)", "path", "ours f32 median s", "other path",
                    "ours f32 median s", "speed-up of the default (medians)", "(fastest steps)",
                    "load avg (default / other)"], rows)
@@ -363,8 +367,20 @@ def _machine(results) -> str:
             f"Python {m['python']}. Load average {m['load_avg_start']:.1f} at the start, "
             f"{m['load_avg_end']:.1f} at the end; the run took {results['wall_s'] / 60:.1f} min."
             f"\n\nOur default CPU path, as the entry points set it (bt_jax/devices.py): {path}. "
-            "Every job process gets its XLA_FLAGS and BT_JAX_FAST_CPU from the benchmark, none "
-            "from the shell, so each row says which path it ran on.")
+            f"{_allocator(m)} Every job process gets its XLA_FLAGS, BT_JAX_FAST_CPU and "
+            "allocator from the benchmark, none from the shell, so each row says which path it "
+            "ran on.")
+
+
+def _allocator(m) -> str:
+    malloc = m.get("malloc_default")
+    if malloc is None:
+        return "Allocator: not recorded (the run predates the tcmalloc default)."
+    if not malloc:
+        return ("Allocator: the C library's malloc (no tcmalloc found; the entry points "
+                "would preload one).")
+    return (f"Allocator: {malloc}, preloaded as the entry points do, into every job "
+            "process: PyTorch's runners share the process, so they have it too.")
 
 
 def _summary(results) -> str:
@@ -404,10 +420,12 @@ def _step_sections(results) -> List[str]:
                      "optimizer. " + STEP_TEXT + "\n\n" + throughput_table(results["facenet"]))
     steps = results.get("throughput", []) + results.get("facenet", [])
     if steps:
-        parts.append("## 3. Default CPU path against the other (ynn on / off)\n\nOur plain f32 "
-                     "step with the entry points' default (ynn on) against the same step in a "
-                     "process with the flag off (BT_JAX_FAST_CPU=0, as `--nofast_cpu` gives); "
-                     "separate processes, so load may differ."
+        parts.append("## 3. Default CPU path against the others (ynn, malloc)\n\nOur plain "
+                     "f32 step with the entry points' default (ynn on, tcmalloc where found) "
+                     "against the same step in a process with the flag off (BT_JAX_FAST_CPU=0, "
+                     "as `--nofast_cpu` gives) or with the C library's malloc "
+                     "(BT_JAX_TCMALLOC=0, as `--notcmalloc` gives); separate processes, so "
+                     "load may differ."
                      "\n\n" + default_vs_off_table(steps))
         parts.append("## 4. Model FLOPs utilisation\n\nMFU = step FLOPs (XLA cost analysis of "
                      "the compiled f32 step) / median step time / the best matmul rate measured "
