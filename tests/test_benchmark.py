@@ -190,7 +190,7 @@ def test_jobs_get_the_benchmarks_allocator_not_the_shells():
                            levers=("malloc",), bf16="off", xla_flags="")
     specs = plan.first_size_specs(options)
     assert [(s.get("malloc"), fast, len(s["torch"])) for s, fast in specs] == [
-        (None, True, 2), ("", True, 0)]
+        (None, True, 2), ("", True, 2)]
     named = [report.cpu_path({**s, "fast_cpu": fast, "fast_cpu_default": True,
                               "malloc": s.get("malloc", options.malloc_default),
                               "malloc_default": options.malloc_default})

@@ -198,9 +198,10 @@ def first_size_specs(options: Options) -> List[Tuple[Dict[str, Any], bool]]:
                                      _torch(options, options.arch) if on_default else [],
                                      f"{first}px levers{_path_label(fast, options)}"), fast))
     if "malloc" in options.levers and options.malloc_default:
-        spec = _throughput_spec(options, case, [_ours(OURS_PLAIN, "float32")], [],
-                                f"{first}px levers, C library malloc")
-        out.append(({**spec, "malloc": ""}, bool(options.fast_cpu_default)))
+        # PyTorch too: the allocator changes its steps more than ours (docs/benchmarks.md).
+        spec = _throughput_spec(options, case, [_ours(OURS_PLAIN, "float32")],
+                                _torch(options, options.arch), f"{first}px levers, C library malloc")
+        out.append(({**spec, "malloc": "", "torch_flops": False}, bool(options.fast_cpu_default)))
     return out
 
 
@@ -230,11 +231,14 @@ def run_throughput(options: Options) -> List[Dict[str, Any]]:
 def _other_size_jobs(options: Options, fast: bool, best: Dict[str, Any]):
     """[(ynn on?, our runners)] at the other sizes: plain f32 on the default path always
     (the headline against PyTorch), the first size's best variant beside it, in its own
-    process if it ran on the other path."""
+    process if it ran on the other path, else (lever 'ynn') plain f32 with ynn off."""
     plain, default = _ours(OURS_PLAIN, "float32"), bool(options.fast_cpu_default)
-    if fast == default:
-        return [(default, [plain] + ([best] if best["name"] != OURS_PLAIN else []))]
-    return [(default, [plain]), (fast, [best])]
+    if fast != default:
+        return [(default, [plain]), (fast, [best])]
+    out = [(default, [plain] + ([best] if best["name"] != OURS_PLAIN else []))]
+    if "ynn" in options.levers and default:  # whether the default still wins at this size
+        out.append((False, [plain]))
+    return out
 
 
 def facenet_cases(options: Options) -> Dict[str, Tuple[str, Dict[str, Any]]]:
@@ -474,16 +478,20 @@ def _cpu_flags() -> str:
 
 
 # The time model behind the estimate printed at the start, from the reference machine (a
-# 2-core AMD EPYC, docs/benchmarks.md): whole-step FLOP/s at 112 px (larger images run at
-# a higher rate: ~ pixels^0.275), seconds to compile a step and the initial weights per
-# model (the Inception-ResNet's from its HLO, 2.1x ResNet-50's), and what a job costs
-# besides (process start, matmul peaks).
-STEP_RATE = {"ours": 26e9, "torch": 17e9}
-# Compile times as measured in the run of docs/benchmarks.md (Zen 4): 21-26 s, 53-59 s, 6-7 s.
-COMPILE_S = {"resnet50": 30, "inception_resnet_v1": 60, "head": 8, "tiny": 3,
+# 2-core AMD EPYC, Zen 4, docs/benchmarks.md): whole-step FLOP/s at 112 px with tcmalloc
+# (larger images run at a higher rate: ~ pixels^0.275), seconds to compile a step and the
+# initial weights per model (the Inception-ResNet's from its HLO, 2.1x ResNet-50's), and
+# what a job costs besides (process start, matmul peaks). With the C library's malloc,
+# steps take longer: ours 1.2x, PyTorch's about 3x (its bf16 step at 112 px: 3.22 s
+# against 1.01 s).
+STEP_RATE = {"ours": 40e9, "torch": 38e9}
+GLIBC_SLOWDOWN = {"ours": 1.2, "torch": 3.0}
+# Compile times as measured in the run of docs/benchmarks.md: 19-22 s, 48-59 s, 5-6 s,
+# and PowerSGD's step 16 s more than the exact one.
+COMPILE_S = {"resnet50": 25, "inception_resnet_v1": 60, "head": 7, "tiny": 3,
              "tiny_inception": 25}
 INIT_S = {"resnet50": 8, "inception_resnet_v1": 30, "head": 5, "tiny": 2, "tiny_inception": 15}
-POWERSGD_COMPILE_S = 45
+POWERSGD_COMPILE_S = 20
 JOB_S = 8
 GFLOP_PER_IMAGE = {"resnet50": (6.6, 112), "inception_resnet_v1": (8.5, 160),
                    "head": (0.54, 160), "tiny": (0.01, 32), "tiny_inception": (0.05, 80)}
@@ -495,11 +503,12 @@ def _model_key(case: Dict[str, Any]) -> str:
     return "head" if frozen else arch
 
 
-def _step_s(case: Dict[str, Any], who: str, devices: int = 1) -> float:
+def _step_s(case: Dict[str, Any], who: str, devices: int = 1, malloc: bool = True) -> float:
     gflop, size = GFLOP_PER_IMAGE.get(_model_key(case), GFLOP_PER_IMAGE["resnet50"])
     flops = 2 * case["batch"] * gflop * 1e9 * (case["image_size"] / size) ** 2
     rate = STEP_RATE[who] * (case["image_size"] / 112) ** 0.55
-    return flops / rate * (1 + 0.13 * (devices - 1))  # simulated devices: 8 ~ 1.9x
+    slow = 1.0 if malloc else GLIBC_SLOWDOWN[who]
+    return flops / rate * slow * (1 + 0.13 * (devices - 1))  # simulated devices: 8 ~ 1.9x
 
 
 def job_estimate_s(spec: Dict[str, Any]) -> float:
@@ -510,16 +519,18 @@ def job_estimate_s(spec: Dict[str, Any]) -> float:
     key = _model_key(case)
     compile_s = COMPILE_S.get(key, COMPILE_S["resnet50"])
     job_s = JOB_S + INIT_S.get(key, INIT_S["resnet50"]) * (2 if kind == "powersgd" else 1)
+    tc = spec.get("malloc") != ""  # a job on the C library's malloc says so; others: tcmalloc
     if kind == "throughput":
         slow = 1 if native_bf16() else 5  # bf16 autocast without native bf16
-        torch = sum(_step_s(case, "torch") * (slow if t["bf16"] else 1) for t in spec["torch"])
-        ours = sum(_step_s(case, "ours") for _ in spec["jax"])
+        torch = sum(_step_s(case, "torch", malloc=tc) * (slow if t["bf16"] else 1)
+                    for t in spec["torch"])
+        ours = sum(_step_s(case, "ours", malloc=tc) for _ in spec["jax"])
         count = _step_s(case, "torch") if spec.get("torch_flops") else 0.0
         return job_s + compile_s * len(spec["jax"]) + (spec["rounds"] + 1) * (ours + torch) + count
     if kind == "scaling":
-        steps = sum(_step_s(case, "ours", n) for n in spec["devices"])
+        steps = sum(_step_s(case, "ours", n, tc) for n in spec["devices"])
         return job_s + compile_s * len(spec["devices"]) + (spec["rounds"] + 1) * steps
-    step = _step_s(case, "ours", case["num_devices"])
+    step = _step_s(case, "ours", case["num_devices"], tc)
     return job_s + 2 * compile_s + POWERSGD_COMPILE_S + (spec["rounds"] + 1) * 2.1 * step
 
 
@@ -544,7 +555,8 @@ def planned_specs(options: Options) -> Dict[str, List[Dict[str, Any]]]:
 
 def estimate(options: Options) -> Dict[str, float]:
     """{section: seconds} on a quiet 2-core machine like the reference."""
-    return {section: sum(job_estimate_s(s) for s in specs)
+    default = {} if options.malloc_default is None else {"malloc": options.malloc_default}
+    return {section: sum(job_estimate_s({**default, **s}) for s in specs)
             for section, specs in planned_specs(options).items()}
 
 
