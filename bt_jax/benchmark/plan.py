@@ -35,7 +35,7 @@ class Options:
     batches: Tuple[int, ...] = (4, 2)  # pairs per step, one per size
     projector: str = "2048-4096-8192"
     arch: str = "resnet50"  # 'tiny' for smoke tests
-    rounds: int = 4
+    rounds: int = 5  # 4 let two slow steps of 4 (3.0 s against 1.0 s) set a median
     levers: Tuple[str, ...] = ("ynn", "malloc")  # 'fused', 'nodonate': one more compile each
     # bf16 runners on both sides (ours bf16, PyTorch bf16 autocast): 'auto' where the CPU
     # has native bf16 (without it both are slower than f32: docs/benchmarks.md history).
@@ -229,13 +229,16 @@ def run_throughput(options: Options) -> List[Dict[str, Any]]:
 
 
 def _other_size_jobs(options: Options, fast: bool, best: Dict[str, Any]):
-    """[(ynn on?, our runners)] at the other sizes: plain f32 on the default path always
-    (the headline against PyTorch), the first size's best variant beside it, in its own
+    """[(ynn on?, our runners)] at the other sizes: plain f32 (and bf16 where the CPU has
+    it) on the default path always (the headline against PyTorch), the first size's best
+    variant beside it, in its own
     process if it ran on the other path, else (lever 'ynn') plain f32 with ynn off."""
     plain, default = _ours(OURS_PLAIN, "float32"), bool(options.fast_cpu_default)
+    # bf16 always where it runs: a noisy step at the first size must not drop it here.
+    mine = [plain] + ([_ours("ours bf16", "bfloat16")] if bf16_on(options) else [])
     if fast != default:
-        return [(default, [plain]), (fast, [best])]
-    out = [(default, [plain] + ([best] if best["name"] != OURS_PLAIN else []))]
+        return [(default, mine), (fast, [best])]
+    out = [(default, mine + ([best] if best["name"] not in {v["name"] for v in mine} else []))]
     if "ynn" in options.levers and default:  # whether the default still wins at this size
         out.append((False, [plain]))
     return out
