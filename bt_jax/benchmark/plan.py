@@ -61,7 +61,8 @@ class Options:
     powersgd_devices: int = 2  # simulated devices of the timed step; 0 = no step
     powersgd_batch: int = 2  # pairs per device: global 8, as the 8-device run that did not fit
     # Before the reducer stopped forming M and P Q^T: 3 alternated steps gave 1.003 and
-    # 1.142 in two runs, 6 gave 1.076 (IQRs of 0.8 s+). After, with tcmalloc: 4 gave 1.015.
+    # 1.142 in two runs, 6 gave 1.076 (IQRs of 0.8 s+). After, with tcmalloc, 4 gave 1.015,
+    # 1.077 and 0.954 in three runs.
     powersgd_rounds: int = 4
     powersgd_memory_gb: float = 18.0  # what the chosen setting must fit in
     data_dir: str = ""
@@ -231,8 +232,8 @@ def run_throughput(options: Options) -> List[Dict[str, Any]]:
 def _other_size_jobs(options: Options, fast: bool, best: Dict[str, Any]):
     """[(ynn on?, our runners)] at the other sizes: plain f32 (and bf16 where the CPU has
     it) on the default path always (the headline against PyTorch), the first size's best
-    variant beside it, in its own
-    process if it ran on the other path, else (lever 'ynn') plain f32 with ynn off."""
+    variant beside it, in its own process if it ran on the other path, else (lever 'ynn')
+    plain f32 with ynn off."""
     plain, default = _ours(OURS_PLAIN, "float32"), bool(options.fast_cpu_default)
     # bf16 always where it runs: a noisy step at the first size must not drop it here.
     mine = [plain] + ([_ours("ours bf16", "bfloat16")] if bf16_on(options) else [])
