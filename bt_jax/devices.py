@@ -25,7 +25,14 @@ def simulate_cpu_devices(count: int) -> None:
 # Experimental in XLA, so it is probed before use: an unknown flag aborts jax at start-up.
 FAST_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 FAST_CPU_ENV = "BT_JAX_FAST_CPU"  # '0' keeps XLA's default CPU path
-FAST_CPU_OFF_ARGS = ("--nofast_cpu", "--fast_cpu=false", "--fast_cpu=False", "--fast_cpu=0")
+
+
+def _off_args(name: str) -> tuple:
+    """The ways absl spells a bool flag ``name`` as off, read before flags are parsed."""
+    return (f"--no{name}", f"--{name}=false", f"--{name}=False", f"--{name}=0")
+
+
+FAST_CPU_OFF_ARGS = _off_args("fast_cpu")
 _PROBE = "import jax.numpy as jnp; jnp.ones((2, 4, 4, 1)).sum().block_until_ready()"
 
 
@@ -72,7 +79,7 @@ def fast_cpu(argv=None) -> None:
 # C library, not a Python package, so it is used where the system has it and the process
 # is re-executed with it preloaded (a malloc cannot be swapped in a running process).
 MALLOC_ENV = "BT_JAX_TCMALLOC"  # '0' keeps the C library's malloc
-MALLOC_OFF_ARGS = ("--notcmalloc", "--tcmalloc=false", "--tcmalloc=False", "--tcmalloc=0")
+MALLOC_OFF_ARGS = _off_args("tcmalloc")
 MALLOC_LIBS = ("tcmalloc_minimal", "tcmalloc")  # gperftools' sonames, lightest first
 MALLOC_INSTALL = "apt install libtcmalloc-minimal4 (Debian, Ubuntu) or conda install gperftools"
 _REEXECUTED = "BT_JAX_TCMALLOC_PRELOADED"  # set across our own re-exec, so it runs once
@@ -140,6 +147,17 @@ def preload_tcmalloc(argv=None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def define_set_up_flags() -> None:
+    """Declare --fast_cpu and --tcmalloc for an absl entry point. ``set_up_cpu`` reads them
+    from the command line before absl parses it; declaring them lets absl accept them."""
+    from absl import flags
+
+    flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax "
+                      f"starts; {FAST_CPU_ENV}=0 does the same as --nofast_cpu).")
+    flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read "
+                      f"before anything starts; {MALLOC_ENV}=0 does the same as --notcmalloc).")
 
 
 def set_up_cpu(devices: int = 8) -> None:

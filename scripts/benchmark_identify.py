@@ -11,7 +11,7 @@ runs it), the search (cosine similarity to every gallery image, best per person,
 and both together, after one warm-up call that compiles. Prints one JSON line.
 """
 
-from bt_jax.devices import set_up_cpu
+from bt_jax.devices import define_set_up_flags, set_up_cpu
 from bt_jax.logs import quiet
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
@@ -26,10 +26,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
-                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
-flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
-                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
+define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "facenet.py"),
                                           "The embedder's config (its init: --init).")
 _INIT = flags.DEFINE_string("init", "scratch", "Weights: 'scratch' or converted weights.")

@@ -18,7 +18,7 @@ The model (architecture, image size, normalisation, backbone or projector, metri
 from --config; the weights from --workdir, --init, or else config.init.
 """
 
-from bt_jax.devices import set_up_cpu
+from bt_jax.devices import define_set_up_flags, set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
@@ -35,10 +35,7 @@ from bt_jax.evaluation import knn, protocols, raw_pixels, report, verification  
 from bt_jax.evaluation.groups import read_groups  # noqa: E402
 from bt_jax.evaluation.identification import Identification  # noqa: E402
 
-flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
-                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
-flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
-                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
+define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
                                           "image size, normalisation, config.eval.*).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint to use.")

@@ -14,7 +14,7 @@ images: this project has no face detector. Its outputs are float32 embeddings, n
 L2-normalised.
 """
 
-from bt_jax.devices import set_up_cpu
+from bt_jax.devices import define_set_up_flags, set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # before jax is imported: a checkpoint restores as in evaluate.py
@@ -28,10 +28,7 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
-                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
-flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
-                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
+define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (model, "
                                           "image size, normalisation, config.eval.embedding "
                                           "and metric).", lock_config=True)

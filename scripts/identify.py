@@ -20,7 +20,7 @@ refused rather than squashed.
       --workdir runs/mlfw_facenet --data_dir ../shared/data/mlfw/val --out report.json
 """
 
-from bt_jax.devices import set_up_cpu
+from bt_jax.devices import define_set_up_flags, set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
@@ -37,10 +37,7 @@ from bt_jax import identify_app  # noqa: E402
 from bt_jax.identify import Gallery, list_queries  # noqa: E402
 
 COMMANDS = ("enrol", "query", "report")
-flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
-                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
-flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
-                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
+define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (model, crop "
                                           "and image size, config.identify.*).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run whose latest checkpoint embeds.")

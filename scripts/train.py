@@ -9,7 +9,7 @@ Ctrl-C does the same with status 130 (a second Ctrl-C aborts at once). Bad input
 divergence and checkpoint write failures exit with status 1 and one line.
 """
 
-from bt_jax.devices import set_up_cpu
+from bt_jax.devices import define_set_up_flags, set_up_cpu
 from bt_jax.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
@@ -25,10 +25,7 @@ from bt_jax.checkpointing import CheckpointWriteError  # noqa: E402
 from bt_jax.train import (INTERRUPTED_EXIT_CODE, Preempted, format_results,  # noqa: E402
                           train_and_evaluate)
 
-flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts; "
-                  "BT_JAX_FAST_CPU=0 does the same as --nofast_cpu).")
-flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it (read before "
-                  "anything starts; BT_JAX_TCMALLOC=0 does the same as --notcmalloc).")
+define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")

@@ -1,6 +1,11 @@
-"""The fast CPU path: on by default when XLA accepts it, off when the user says so."""
+"""What the entry points set up first: the fast CPU path and tcmalloc, each on by default
+where the system takes it, off when the user says so."""
 
 import os
+import subprocess
+import sys
+
+import pytest
 
 from bt_jax import devices
 
@@ -45,9 +50,6 @@ _SHOW = ("import sys; from bt_jax import devices; devices.preload_tcmalloc(); "
 
 
 def _show(**env):
-    import subprocess
-    import sys
-
     clean = {k: v for k, v in os.environ.items()
              if k not in ("LD_PRELOAD", "BT_JAX_TCMALLOC", "BT_JAX_TCMALLOC_PRELOADED")}
     done = subprocess.run([sys.executable, "-c", _SHOW, "--a", "b c"], capture_output=True,
@@ -57,8 +59,6 @@ def _show(**env):
 
 
 def test_the_process_is_re_executed_with_tcmalloc_and_keeps_its_arguments():
-    import pytest
-
     if devices.find_tcmalloc() is None:
         pytest.skip("tcmalloc is not installed here (" + devices.MALLOC_INSTALL + "); "
                     ".ci/run installs it where apt-get can")

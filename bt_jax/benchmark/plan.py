@@ -113,12 +113,17 @@ def probe_malloc() -> str:
     return devices.choose_malloc(env, [])[0] or ""
 
 
-def _run(options: Options, spec, *, fast_cpu: bool, devices: int = 1) -> Dict[str, Any]:
-    """One job with its CPU path stated: ``fast_cpu``, its allocator (the default unless the
-    spec names one) and what the defaults are."""
-    spec = {"malloc": options.malloc_default or "", **spec,
+def _stated(options: Options, spec) -> Dict[str, Any]:
+    """``spec`` with its allocator (the default unless the spec names one) and the defaults
+    it is judged against."""
+    return {"malloc": options.malloc_default or "", **spec,
             "fast_cpu_default": options.fast_cpu_default,
             "malloc_default": options.malloc_default or ""}
+
+
+def _run(options: Options, spec, *, fast_cpu: bool, devices: int = 1) -> Dict[str, Any]:
+    """One job with its CPU path stated (``fast_cpu``, ``_stated``)."""
+    spec = _stated(options, spec)
     return jobs.run_job(spec, fast_cpu=fast_cpu, devices=devices, extra_flags=options.xla_flags,
                         timeout_s=options.job_timeout_s, malloc=spec["malloc"])
 
@@ -559,8 +564,7 @@ def planned_specs(options: Options) -> Dict[str, List[Dict[str, Any]]]:
 
 def estimate(options: Options) -> Dict[str, float]:
     """{section: seconds} on a quiet 2-core machine like the reference."""
-    default = {} if options.malloc_default is None else {"malloc": options.malloc_default}
-    return {section: sum(job_estimate_s({**default, **s}) for s in specs)
+    return {section: sum(job_estimate_s(_stated(options, s)) for s in specs)
             for section, specs in planned_specs(options).items()}
 
 
