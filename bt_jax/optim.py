@@ -110,6 +110,34 @@ def param_group_labels(params, *, backbone_key: str = "backbone", separate_backb
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _l2_norm(x):
+    return jnp.sqrt(jnp.sum(jnp.square(x)))
+
+
+def _scale_by_trust_ratio(trust_coefficient: float) -> optax.GradientTransformation:
+    """``optax.scale_by_trust_ratio(trust_coefficient=...)``, each norm computed once.
+
+    optax takes its norms through ``safe_norm``, which stays differentiable by writing a
+    masked copy of every parameter and update and taking each norm twice: a quarter of
+    Inception-ResNet-v1's LARS time on the CPU. Nothing differentiates the optimizer, so
+    the plain norms give the same ratio, with the same rule: 1 when either norm is 0.
+    The state is optax's empty state, so checkpoints do not change.
+    """
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("the LARS trust ratio needs params: call update(g, s, params)")
+
+        def scale(update, param):
+            p, u = _l2_norm(param), _l2_norm(update)
+            ratio = jnp.where((p == 0) | (u == 0), 1.0, trust_coefficient * p / u)
+            return update * ratio.astype(update.dtype)
+
+        return jax.tree.map(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def _lars_branch(
     schedule: optax.Schedule, lr: float, *, is_weight: bool, weight_decay: float, eta: float, momentum: float
 ) -> optax.GradientTransformation:
@@ -117,8 +145,8 @@ def _lars_branch(
     steps = []
     if is_weight:
         steps.append(optax.add_decayed_weights(weight_decay))
-        # optax sets the ratio to 1 when either norm is 0, the reference's rule.
-        steps.append(optax.scale_by_trust_ratio(trust_coefficient=eta))
+        # The ratio is 1 when either norm is 0, the reference's rule.
+        steps.append(_scale_by_trust_ratio(eta))
     # Momentum before the learning rate: this is where optax.lars differs.
     steps.append(optax.trace(decay=momentum, nesterov=False))
     # scale_by_schedule counts from 0 and calls schedule(count) before

@@ -113,3 +113,42 @@ def test_models_in_bf16_keep_their_parameters_and_stay_close_to_float32(make, si
     want, got = jax.jit(f32.apply)(variables, x), jax.jit(bf16.apply)(variables, x)
     assert got.dtype == BF16 and _rel(got, want) < 0.1
     assert "custom_vjp_call" in str(jax.make_jaxpr(bf16.apply)(variables, x))
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 15, 15, 8), (3, 3), (2, 2), "VALID"),           # Inception-ResNet-v1's pools
+    ((2, 12, 12, 8), (3, 3), (2, 2), ((0, 1), (0, 1))),  # ResNet's ceil-mode stem pool
+    ((2, 9, 11, 4), (3, 3), (1, 1), "SAME"),
+    ((1, 10, 7, 3), (2, 3), (2, 1), "VALID"),
+])
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_max_pool_equals_flax_with_the_first_maximum_taking_the_gradient(
+        shape, window, strides, padding, dtype):
+    # Small integers tie often: the gradient must go to the same tap as lax's
+    # select-and-scatter (the first maximum in row-major order), not be split.
+    x = jnp.round(2 * jax.random.normal(jax.random.PRNGKey(3), shape)).astype(dtype)
+
+    def loss(pool):
+        return lambda x: jnp.sum(jnp.sin(pool(x, window, strides, padding).astype(F32)))
+
+    y, y_ref = ops.max_pool(x, window, strides, padding), nn.max_pool(x, window, strides, padding)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+    g, g_ref = jax.grad(loss(ops.max_pool))(x), jax.grad(loss(nn.max_pool))(x)
+    g, g_ref = np.asarray(g, np.float32), np.asarray(g_ref, np.float32)
+    assert jax.grad(loss(ops.max_pool))(x).dtype == dtype
+    np.testing.assert_array_equal(g != 0, g_ref != 0)  # the same taps took the gradient
+    if dtype == F32:
+        np.testing.assert_array_equal(g, g_ref)
+    else:
+        # Where windows overlap, lax sums in bf16 step by step; ops sums in f32, rounds once.
+        np.testing.assert_allclose(g, g_ref, rtol=2 ** -7)
+    assert "select_and_scatter_add" not in str(jax.make_jaxpr(jax.grad(loss(ops.max_pool)))(x))
+
+
+def test_max_pool_gradient_of_a_window_of_equal_values_goes_to_its_first_tap():
+    x = jnp.zeros((1, 3, 3, 1))
+    g = jax.grad(lambda x: jnp.sum(ops.max_pool(x, (3, 3), (1, 1), "VALID")))(x)
+    want = np.zeros((1, 3, 3, 1), np.float32)
+    want[0, 0, 0, 0] = 1
+    np.testing.assert_array_equal(np.asarray(g), want)

@@ -242,3 +242,22 @@ def test_backbone_half_lr_halves_first_update():
         # Scaling by a power of two is exact in floating point.
         factor = 0.5 if path.startswith("backbone/") else 1.0
         np.testing.assert_array_equal(half[path], factor * full[path], err_msg=path)
+
+
+def test_trust_ratio_equals_optax_and_keeps_its_state():
+    rng = np.random.default_rng(5)
+    params = {"w": rng.normal(size=(6, 5)).astype(np.float32),
+              "zero_w": np.zeros((4, 3), np.float32),
+              "k": rng.normal(size=(3, 3, 2, 4)).astype(np.float32)}
+    updates = {"w": rng.normal(size=(6, 5)).astype(np.float32),
+               "zero_w": rng.normal(size=(4, 3)).astype(np.float32),
+               "k": np.zeros((3, 3, 2, 4), np.float32)}
+    ours, theirs = optim._scale_by_trust_ratio(0.001), optax.scale_by_trust_ratio(
+        trust_coefficient=0.001)
+    assert jax.tree.structure(ours.init(params)) == jax.tree.structure(theirs.init(params))
+    got, _ = jax.jit(ours.update)(updates, ours.init(params), params)
+    want, _ = jax.jit(theirs.update)(updates, theirs.init(params), params)
+    for name in params:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=0, err_msg=name)
+    with pytest.raises(ValueError, match="needs params"):
+        ours.update(updates, ours.init(params))

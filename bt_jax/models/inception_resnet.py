@@ -104,7 +104,7 @@ class Reduction(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        pooled = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        pooled = ops.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         return jnp.concatenate(_branches(x, self.branches, self.conv, self.norm) + [pooled],
                                axis=-1)
 
@@ -207,7 +207,7 @@ class InceptionResNetV1(nn.Module):
             x = ConvBN(self._c(channels), kernel, stride, padding, conv, norm, name=name)(x)
             return self._check_size(x) if name == "Conv2d_4b_3x3" else x
         if kind == "max_pool":
-            return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+            return ops.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         if kind == "block":
             return ResidualBlock(*args, conv, norm, name=name)(x)
         if kind == "reduction":

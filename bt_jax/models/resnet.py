@@ -40,7 +40,7 @@ def _max_pool_ceil(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
         if (out - 1) * stride >= size:
             out -= 1
         pads.append((0, max(0, (out - 1) * stride + window - size)))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    return ops.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
 
 
 class Bottleneck(nn.Module):
