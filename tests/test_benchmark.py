@@ -292,6 +292,15 @@ def test_headline_takes_our_best_and_gives_like_for_like_ratios():
                for k, v in medians.items()}
     job = {"spec": {**spec, "fast_cpu": True, "fast_cpu_default": True}, "summary": summary}
     line, = report.headline([job])
-    assert "ours bf16 0.90 s, PyTorch bf16 autocast 1.00 s: **0.90x** (target <= 1.0x: met)" \
-        in line
+    assert ("ours bf16 0.90 s, PyTorch bf16 autocast 1.00 s: **0.90x**, fastest steps 0.90x "
+            "(target <= 1.0x: met)") in line
     assert line.endswith("like for like, ours / PyTorch's best: f32 1.09x, bf16 0.90x")
+    # A loaded run: PyTorch's median inflated, its fastest step not. No verdict either way.
+    summary["PyTorch bf16 autocast"] = {**summary["PyTorch bf16 autocast"], "min_s": 0.6}
+    line, = report.headline([job])
+    assert "**0.90x**, fastest steps 1.50x (target <= 1.0x: unsettled" in line
+    for name in summary:
+        summary[name] = {**summary[name], "median_s": 2 * summary[name]["median_s"]}
+    summary["ours bf16"]["median_s"] = 2.5
+    line, = report.headline([job])
+    assert "(target <= 1.0x: missed)" in line

@@ -139,6 +139,19 @@ def default_vs_off_table(jobs) -> str:
                    "load avg (default / other)"], rows)
 
 
+def _verdict(median_ratio: float, fastest_ratio: float, target: float = 1.0) -> str:
+    """Met or missed on both statistics; when they disagree, say so rather than pick one.
+
+    Other jobs on a shared machine slow PyTorch's OpenMP threads more than XLA's, so a
+    loaded run can meet the target on medians alone while the fastest steps miss it.
+    """
+    if median_ratio <= target and fastest_ratio <= target:
+        return "met"
+    if median_ratio > target and fastest_ratio > target:
+        return "missed"
+    return "unsettled: the medians and the fastest steps disagree"
+
+
 def headline(jobs) -> List[str]:
     """One line per step measured on the default path: ours against PyTorch's best."""
     lines = []
@@ -147,13 +160,16 @@ def headline(jobs) -> List[str]:
         ours = [n for n in job["summary"] if not n.startswith(TORCH)]
         if not on_default_path(job) or not base or not ours:
             continue
-        best = min(ours, key=lambda n: job["summary"][n]["median_s"])
-        a, b = job["summary"][best]["median_s"], job["summary"][base]["median_s"]
-        verdict = "met" if a / b <= 1.0 else "missed"
+        s = job["summary"]
+        best = min(ours, key=lambda n: s[n]["median_s"])
+        a, b = s[best]["median_s"], s[base]["median_s"]
+        fastest = (min(s[n]["min_s"] for n in ours)
+                   / min(s[n]["min_s"] for n in s if n.startswith(TORCH)))
         case = job["spec"]["case"]
         lines.append(f"* {step_name(job['spec'])}, {case['image_size']} px, {case['batch']} pairs: "
-                     f"{best} {a:.2f} s, {base} {b:.2f} s: **{a / b:.2f}x** "
-                     f"(target <= 1.0x: {verdict}){_like_for_like(job)}")
+                     f"{best} {a:.2f} s, {base} {b:.2f} s: **{a / b:.2f}x**, fastest steps "
+                     f"{fastest:.2f}x (target <= 1.0x: {_verdict(a / b, fastest)})"
+                     f"{_like_for_like(job)}")
     return lines
 
 
