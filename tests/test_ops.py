@@ -146,6 +146,16 @@ def test_max_pool_equals_flax_with_the_first_maximum_taking_the_gradient(
     assert "select_and_scatter_add" not in str(jax.make_jaxpr(jax.grad(loss(ops.max_pool)))(x))
 
 
+def test_max_pool_propagates_nan_with_and_without_a_gradient_like_flax():
+    x = jnp.arange(2 * 5 * 5 * 1, dtype=F32).reshape(2, 5, 5, 1).at[0, 2, 2, 0].set(jnp.nan)
+    want = np.isnan(np.asarray(nn.max_pool(x, (3, 3), (2, 2), "VALID")))
+    assert want.any() and not want.all()
+    plain = ops.max_pool(x, (3, 3), (2, 2), "VALID")
+    traced = jax.vjp(lambda x: ops.max_pool(x, (3, 3), (2, 2), "VALID"), x)[0]
+    for y in (plain, traced):
+        np.testing.assert_array_equal(np.isnan(np.asarray(y)), want)
+
+
 def test_max_pool_gradient_of_a_window_of_equal_values_goes_to_its_first_tap():
     x = jnp.zeros((1, 3, 3, 1))
     g = jax.grad(lambda x: jnp.sum(ops.max_pool(x, (3, 3), (1, 1), "VALID")))(x)

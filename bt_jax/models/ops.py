@@ -109,15 +109,15 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
                            preferred_element_type=preferred_element_type, **kwargs)
 
 
-def _pool_pads(x, window, strides, padding):
+def _pool_pads(shape, window, strides, padding):
     if isinstance(padding, str):
-        return lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+        return lax.padtype_to_pads(shape[1:3], window, strides, padding)
     return [tuple(p) for p in padding]
 
 
 def _taps(x, window, strides, padding):
     """The padded input's window taps as strided slices, in row-major order, and the pads."""
-    pads = _pool_pads(x, window, strides, padding)
+    pads = _pool_pads(x.shape, window, strides, padding)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
     (kh, kw), (sh, sw) = window, strides
     oh, ow = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
@@ -135,8 +135,8 @@ def _max_pool(x, window, strides, padding):
 def _first_max(a, b):
     (va, ia), (vb, ib) = a, b
     # Ties go to the lower tap: the first (row-major) maximum keeps the gradient, as
-    # XLA's select-and-scatter and PyTorch's indices do.
-    take_a = (va > vb) | ((va == vb) & (ia < ib))
+    # XLA's select-and-scatter and PyTorch's indices do. NaN wins, as in lax.max.
+    take_a = (va > vb) | ((va == vb) & (ia < ib)) | jnp.isnan(va)
     return jnp.where(take_a, va, vb), jnp.where(take_a, ia, ib)
 
 
@@ -157,11 +157,11 @@ def _max_pool_backward(window, strides, padding, saved, g):
     dtype, g = g.dtype, g.astype(jnp.float32)
     (kh, kw), (sh, sw) = window, strides
     n, oh, ow, c = g.shape
-    pads = _pool_pads(jnp.zeros(x_shape, g.dtype), window, strides, padding)
-    hb = max(-(-(x_shape[1] + sum(pads[0])) // sh), oh + (kh - 1) // sh)
-    wb = max(-(-(x_shape[2] + sum(pads[1])) // sw), ow + (kw - 1) // sw)
-    zero = jnp.zeros((), g.dtype)
+    pads = _pool_pads(x_shape, window, strides, padding)
     hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
+    # Phase blocks: enough rows for every input row and every shifted output row.
+    hb, wb = max(-(-hp // sh), oh + (kh - 1) // sh), max(-(-wp // sw), ow + (kw - 1) // sw)
+    zero = jnp.zeros((), g.dtype)
     dxp = None
     # Input row sh*i + py takes the taps dy = py (mod sh) from output rows i - dy // sh:
     # each phase is a sum of shifted, masked copies of g, spread out by interior padding.
@@ -190,11 +190,11 @@ def max_pool(x, window: Sequence[int], strides: Sequence[int], padding="VALID"):
 
     XLA's CPU backend expands the select-and-scatter behind a max-pool's gradient into a
     reduce-window over (value, index) tuples that cost ~30 ms of Inception-ResNet-v1's
-    step. Here the forward pass keeps the first maximum's tap (int8) and the gradient is
-    gathered phase by phase from masked, shifted copies of the output gradient.
+    step. Here the forward pass keeps the first maximum's tap and the gradient is gathered
+    phase by phase from masked, shifted copies of the output gradient.
     """
-    if len(window) * 2 > 4 or x.ndim != 4 or max(window) > 16:
-        raise ValueError(f"max_pool: NHWC input and a 2-D window up to 16, got {x.shape}, "
-                         f"{window}")
+    if x.ndim != 4 or len(window) != 2 or len(strides) != 2:
+        raise ValueError(f"max_pool takes NHWC input and a 2-D window and strides; got input "
+                         f"{x.shape}, window {window}, strides {strides}")
     pads = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
     return _max_pool(x, tuple(window), tuple(strides), pads)
