@@ -316,18 +316,31 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    @staticmethod
+    def _start_up_stop(signum) -> Preempted:
+        return Preempted(f"stopped by signal {signum} during start-up, before any training "
+                         "step; nothing to save. Run the same command to start again.",
+                         _exit_code(signum))
+
     def _handle(self, signum, frame):
         del frame
         if not self.looping:
-            raise Preempted(f"stopped by signal {signum} during start-up, before any training "
-                            "step; nothing to save. Run the same command to start again.",
-                            _exit_code(signum))
+            # Raised from a handler, the exception lands wherever Python was; inside a gc
+            # callback or __del__ it is printed and dropped, so start_loop checks again.
+            self.requested = signum
+            raise self._start_up_stop(signum)
         if self.requested == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
         if self.requested is None:
             self.requested = signum
             again = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
             tqdm.write(f"received signal {signum}: finishing this step, then saving{again}")
+
+    def start_loop(self) -> None:
+        """Enter the training loop, unless a signal already asked to stop during start-up."""
+        if self.requested is not None:
+            raise self._start_up_stop(self.requested)
+        self.looping = True
 
     def should_stop(self) -> bool:
         # Every process must stop at the same step, or the others hang in a collective.
@@ -433,7 +446,7 @@ def run_training(config, workdir, state, run, ckpt, stop: StopRequest) -> Any:
     bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (config.train.progress and distributed.is_primary()))
     loop = Loop(config, run, ckpt, stop, log, bar, per_epoch)
-    stop.looping = True
+    stop.start_loop()
     with bar:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
