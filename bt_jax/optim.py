@@ -135,7 +135,7 @@ def _scale_by_trust_ratio(trust_coefficient: float) -> optax.GradientTransformat
 
         return jax.tree.map(scale, updates, params), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def _lars_branch(

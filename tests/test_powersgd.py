@@ -281,12 +281,15 @@ def test_config_switch_builds_powersgd():
 def test_exact_mean_on_one_device_passes_gradients_through_without_a_collective():
     grads = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}
     tx = reducers.exact_mean()
-    update = jax.pmap(lambda g: tx.update(g, tx.init(g))[0], axis_name=AXIS,
-                      devices=jax.local_devices()[:1])
+
+    def reduce(g):
+        return tx.update(g, tx.init(g))[0]
+
+    update = jax.pmap(reduce, axis_name=AXIS, devices=jax.local_devices()[:1])
     np.testing.assert_array_equal(update(grads)["w"], grads["w"])
     jaxpr = str(jax.make_jaxpr(update)(grads))
     assert "psum" not in jaxpr and "pmean" not in jaxpr
     # With more devices the same reducer averages (test_full_rank_equals_exact_mean).
-    many = jax.pmap(lambda g: tx.update(g, tx.init(g))[0], axis_name=AXIS)
+    many = jax.pmap(reduce, axis_name=AXIS)
     g8 = {"w": np.arange(N, dtype=np.float32).reshape(N, 1)}
     np.testing.assert_allclose(many(g8)["w"], np.full((N, 1), (N - 1) / 2))

@@ -116,19 +116,19 @@ def _pool_pads(shape, window, strides, padding):
 
 
 def _taps(x, window, strides, padding):
-    """The padded input's window taps as strided slices, in row-major order, and the pads."""
+    """The padded input's window taps as strided slices, in row-major order."""
     pads = _pool_pads(x.shape, window, strides, padding)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
     (kh, kw), (sh, sw) = window, strides
     oh, ow = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
     taps = [xp[:, dy:dy + sh * (oh - 1) + 1:sh, dx:dx + sw * (ow - 1) + 1:sw, :]
             for dy in range(kh) for dx in range(kw)]
-    return taps, pads
+    return taps
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, strides, padding):
-    taps, _ = _taps(x, window, strides, padding)
+    taps = _taps(x, window, strides, padding)
     return functools.reduce(jnp.maximum, taps)
 
 
@@ -141,7 +141,7 @@ def _first_max(a, b):
 
 
 def _max_pool_forward(x, window, strides, padding):
-    taps, _ = _taps(x, window, strides, padding)
+    taps = _taps(x, window, strides, padding)
     stacked = jnp.stack(taps)
     # One reduction gives the maximum and its tap. As a reduction it stays a separate
     # kernel; an elementwise argmax would be fused into, and recomputed by, every use.
