@@ -1,4 +1,5 @@
-"""bt_jax.models.ops: bf16 1x1 convolutions and dense layers as f32-accumulated products.
+"""bt_jax.models.ops: bf16 1x1 convolutions, dense layers and strided convolutions' forward
+passes as f32-accumulated products.
 
 Known answers: the same layer in float32 on the bf16-rounded values (what the products
 accumulate), and the unchanged ``lax`` result wherever the layer is not rerouted.
@@ -86,6 +87,53 @@ def test_other_convolutions_are_lax_unchanged(case):
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     assert "conv_general_dilated" in _primitives(
         lambda x, w: ops.conv_general_dilated(x, w, (1, 1), padding, **kwargs), x, w)
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [
+    ((3, 3), (2, 2), "VALID"),             # Inception-ResNet-v1's reductions
+    ((3, 3), (2, 2), "SAME"),
+    ((2, 3), (2, 1), ((1, 0), (0, 2))),    # uneven window, stride and pads
+])
+def test_strided_bf16_conv_runs_as_taps_with_laxs_own_gradients(kernel, strides, padding):
+    x = _rounded((2, 9, 8, ops.PATCH_MIN_CHANNELS), 11).astype(BF16)
+    w = _rounded(kernel + (ops.PATCH_MIN_CHANNELS, 8), 12).astype(BF16) / 8
+
+    def linear(conv):
+        # A fixed cotangent: both paths' gradients must then agree bit for bit.
+        def f(x, w):
+            y = conv(x, w, strides, padding, dimension_numbers=NHWC)
+            return jnp.sum(y.astype(F32) * jnp.cos(jnp.arange(y.size, dtype=F32)).reshape(
+                y.shape))
+        return f
+
+    got = ops.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+    want = lax.conv_general_dilated(x.astype(F32), w.astype(F32), strides, padding,
+                                    dimension_numbers=NHWC)
+    assert got.dtype == BF16 and got.shape == want.shape
+    assert _rel(got, want) < 1e-2
+    ours = jax.grad(linear(ops.conv_general_dilated), (0, 1))(x, w)
+    theirs = jax.grad(linear(lax.conv_general_dilated), (0, 1))(x, w)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == BF16
+        np.testing.assert_array_equal(np.asarray(a, F32), np.asarray(b, F32))
+    assert "conv_general_dilated" not in _primitives(
+        lambda x, w: ops.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC),
+        x, w)
+
+
+@pytest.mark.parametrize("case", ["float32", "few channels", "stride 1"])
+def test_strided_taps_leave_other_convolutions_to_lax(case):
+    channels = 3 if case == "few channels" else ops.PATCH_MIN_CHANNELS
+    dtype = F32 if case == "float32" else BF16
+    strides = (1, 1) if case == "stride 1" else (2, 2)
+    x = _rounded((1, 7, 7, channels), 13).astype(dtype)
+    w = _rounded((3, 3, channels, 4), 14).astype(dtype)
+    got = ops.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=NHWC)
+    want = lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=NHWC)
+    np.testing.assert_array_equal(np.asarray(got, F32), np.asarray(want, F32))
+    assert "conv_general_dilated" in _primitives(
+        lambda x, w: ops.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=NHWC),
+        x, w)
 
 
 def test_dense_layer_in_bf16_is_rerouted_and_float32_is_not():
