@@ -70,17 +70,20 @@ def test_table_gives_per_step_times_subtotals_and_ratios():
     assert "| 10.00 | **14.0** | **16.0** | **0.88** |" in totals["**all convolutions**"]
 
 
-def test_script_writes_the_table(tmp_path):
-    out = tmp_path / "convs.md"
+def test_script_writes_the_table_and_renders_it_again_from_its_json(tmp_path):
+    out, saved, again = tmp_path / "convs.md", tmp_path / "convs.json", tmp_path / "again.md"
     env = {**os.environ, "BT_JAX_TCMALLOC": "0"}
+    script = os.path.join(REPO, "scripts", "benchmark_convs.py")
     done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "benchmark_convs.py"),
-         "--arch=tiny_inception", "--image_size=80", "--batch=2", "--rounds=1",
-         "--runners=ours f32,PyTorch f32", f"--md={out}"],
+        [sys.executable, script, "--arch=tiny_inception", "--image_size=80", "--batch=2",
+         "--rounds=1", "--runners=ours f32,PyTorch f32", f"--md={out}", f"--json={saved}"],
         capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
     assert "**all convolutions**" in text and "ours f32 / PyTorch f32" in text
+    render = subprocess.run([sys.executable, script, f"--render={saved}", f"--md={again}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert render.returncode == 0 and again.read_text() == text
     bad = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmark_convs.py"),
                           "--runners=ours f16"], capture_output=True, text=True, env=env,
                          timeout=300)
