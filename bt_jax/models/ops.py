@@ -68,18 +68,22 @@ def _no_padding(padding) -> bool:
     return isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding)
 
 
-def _pointwise(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-               feature_group_count, batch_group_count) -> bool:
-    """Is this an NHWC 1x1 convolution with no padding, dilation or groups?"""
-    if lhs.ndim != 4 or rhs.shape[:2] != (1, 1) or not _both_bf16(lhs, rhs):
+def _plain_bf16(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, batch_group_count) -> bool:
+    """Is this a bf16 NHWC/HWIO convolution with no dilation or groups?"""
+    if lhs.ndim != 4 or not _both_bf16(lhs, rhs):
         return False
     if feature_group_count != 1 or batch_group_count != 1:
         return False
-    if not (_ones(lhs_dilation) and _ones(rhs_dilation) and _no_padding(padding)):
+    if not (_ones(lhs_dilation) and _ones(rhs_dilation)):
         return False
     wanted = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    return given == wanted
+    return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == wanted
+
+
+def _pointwise(lhs, rhs, strides, padding, *plain) -> bool:
+    """Is this a plain bf16 1x1 convolution with no padding?"""
+    return rhs.shape[:2] == (1, 1) and _no_padding(padding) and _plain_bf16(lhs, rhs, *plain)
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
@@ -109,19 +113,11 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
 PATCH_MIN_CHANNELS = 32
 
 
-def _strided(lhs, rhs, strides, lhs_dilation, rhs_dilation, dimension_numbers,
-             feature_group_count, batch_group_count) -> bool:
-    """Is this a strided NHWC bf16 convolution with a window over at least
-    ``PATCH_MIN_CHANNELS`` input channels, and no dilation or groups?"""
-    if lhs.ndim != 4 or not _both_bf16(lhs, rhs) or max(strides) == 1:
-        return False
-    if feature_group_count != 1 or batch_group_count != 1:
-        return False
-    if not (_ones(lhs_dilation) and _ones(rhs_dilation)):
-        return False
-    wanted = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    return given == wanted and rhs.shape[2] >= PATCH_MIN_CHANNELS
+def _strided(lhs, rhs, strides, *plain) -> bool:
+    """Is this a plain bf16 convolution at a stride, with a window over at least
+    ``PATCH_MIN_CHANNELS`` input channels?"""
+    return max(strides) > 1 and _plain_bf16(lhs, rhs, *plain) and \
+        rhs.shape[2] >= PATCH_MIN_CHANNELS
 
 
 def _lax_conv(x, w, strides, pads):
@@ -133,9 +129,10 @@ def patch_conv(x, w, strides, pads):
     """A strided bf16 convolution's forward pass as one f32-accumulated product of the
     window's taps side by side (im2col); its gradients are XLA's own.
 
-    XLA's CPU convolution is slow at strides: the 3x3/2 reductions of Inception-ResNet-v1
-    ran their forward passes 1.1-2x faster this way (docs/convolutions.md), while at
-    stride 1 and in the backward pass the taps cost more to copy than they save.
+    XLA's CPU convolution is slow at strides: the 3x3/2 layers of Inception-ResNet-v1 ran
+    1.1-1.3x faster forward and backward this way (forward alone up to 2x), measured ad hoc
+    against XLA's; at stride 1 and for the gradients the taps cost more to copy than the
+    product saves (README, Performance; scripts/benchmark_convs.py times each layer).
     """
     kh, kw, ci, co = w.shape
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
