@@ -1,7 +1,7 @@
 """Where the FaceNet step's time goes: every convolution, ours against PyTorch's.
 
   python scripts/benchmark_convs.py                    # writes docs/convolutions.md
-  python scripts/benchmark_convs.py --recipe mlfw --image_size 112 --md ''
+  python scripts/benchmark_convs.py --recipe mlfw --md ''      # ResNet-50 at 244 px
 
 Each distinct convolution of the recipe's network (read off the model) runs its forward
 and backward passes at the step's per-view batch, ours (f32, and bf16 as the model
@@ -48,9 +48,6 @@ def _log(message: str) -> None:
 
 def main(argv):
     del argv
-    from bt_jax import embedding
-    from bt_jax.benchmark import cases, plan
-
     if _RENDER.value:
         with open(_RENDER.value) as f:
             saved = json.load(f)
@@ -58,21 +55,8 @@ def main(argv):
     bad = [n for n in _RUNNERS.value if n not in convs.RUNNERS]
     if bad:
         raise app.UsageError(f"--runners: unknown {bad}; choose from {list(convs.RUNNERS)}")
-    config = cases.recipe_config(_RECIPE.value)
-    config.model.dtype = "float32"
-    config.model.arch = _ARCH.value or config.model.arch
-    size = _IMAGE_SIZE.value or config.data.image_size
-    layers = convs.network_convs(embedding.create_model(config), size, _BATCH.value)
-    rows = convs.measure_all(layers, _ROUNDS.value, _RUNNERS.value, _THREADS.value, _log)
-    convs.per_step(rows)
-    load = os.getloadavg()[0]
-    header = (f"`python scripts/benchmark_convs.py --recipe {_RECIPE.value} --arch "
-              f"{config.model.arch} --image_size {size} "
-              f"--batch {_BATCH.value} --rounds {_ROUNDS.value}`. CPU: {plan._cpu_model()}, "
-              f"{os.cpu_count()} cores ({plan._cpu_flags()}); XLA_FLAGS="
-              f"'{os.environ.get('XLA_FLAGS', '')}'; load average {load:.1f} at the end. "
-              f"Medians of {_ROUNDS.value} alternating passes, each layer's forward and "
-              "backward, x2 views x layers of that shape per step.")
+    rows, header = convs.run(_RECIPE.value, _ARCH.value, _IMAGE_SIZE.value, _BATCH.value,
+                             _ROUNDS.value, _RUNNERS.value, _THREADS.value, _log)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": rows, "runners": _RUNNERS.value, "header": header}, f, indent=1)

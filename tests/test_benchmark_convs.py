@@ -24,7 +24,7 @@ def _tiny_inception(size=80):
 
 def test_every_convolution_of_the_network_is_listed_once_by_shape_with_its_count():
     model = _tiny_inception()
-    layers = convs.network_convs(model, 80, 2)
+    layers = convs.network_convs(model, (80, 80, 3), 2)
     images = np.zeros((2, 80, 80, 3), np.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, images)["params"]
     kernels = [k for path, k in jax.tree_util.tree_leaves_with_path(params)

@@ -30,8 +30,7 @@ class Conv(NamedTuple):
 
     @property
     def flops(self) -> float:
-        """Multiply-adds x 2 of the forward pass; the backward pass does twice as many
-        (one for the input gradient, one for the weights), less the input's for ``first``."""
+        """FLOPs of the forward pass, two per multiply-add."""
         n, h, w, c = self.shape
         oh, ow = _out_size(h, self.kernel[0], self.strides[0], self.pads[0]), _out_size(
             w, self.kernel[1], self.strides[1], self.pads[1])
@@ -39,6 +38,8 @@ class Conv(NamedTuple):
 
     @property
     def step_flops(self) -> float:
+        """Forward pass and both gradients, each as many FLOPs as the forward; the first
+        layer has no input gradient."""
         return self.flops * (2 if self.first else 3)
 
 
@@ -46,9 +47,13 @@ def _out_size(size: int, k: int, s: int, pads: Tuple[int, int]) -> int:
     return (size + sum(pads) - k) // s + 1
 
 
-def network_convs(model, image_size: int, batch: int) -> List[Tuple[str, int, Conv]]:
+def network_convs(model, input_shape: Tuple[int, ...], batch: int
+                  ) -> List[Tuple[str, int, Conv]]:
     """[(first layer's name, how many layers share it, conv)] of ``model.embed`` on
-    ``batch`` images, in the network's order."""
+    ``batch`` inputs of ``input_shape`` (``trunk.input_shape``: an image, or a frozen
+    trunk's activations), in the network's order. ``first`` marks the first layer, which
+    reads the input and so needs no input gradient (a frozen trunk's head has more layers
+    that read it; they are timed with theirs)."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -70,10 +75,10 @@ def network_convs(model, image_size: int, batch: int) -> List[Tuple[str, int, Co
             seen.setdefault(conv, []).append("/".join(module.path))
         return next_fun(*args, **kwargs)
 
-    images = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
+    inputs = jnp.zeros((batch,) + tuple(input_shape), jnp.float32)
     with nn.intercept_methods(record):
         jax.eval_shape(functools.partial(model.init, method=type(model).embed),
-                       jax.random.PRNGKey(0), images)
+                       jax.random.PRNGKey(0), inputs)
     return [(names[0], len(names), conv) for conv, names in seen.items()]
 
 
@@ -174,6 +179,32 @@ def measure_all(convs, rounds: int, names=RUNNERS, threads: int = 0,
                      "gflop": conv.step_flops / 1e9,
                      "median_s": {k: float(np.median(v)) for k, v in times.items()}})
     return rows
+
+
+def run(recipe: str, arch: str, image_size: int, batch: int, rounds: int, names=RUNNERS,
+        threads: int = 0, log: Callable[[str], None] = print):
+    """(rows with per-step times, a header naming the command, CPU and XLA flags) for
+    every convolution of ``configs/<recipe>.py``'s network ('' arch / 0 size: the
+    recipe's), at ``batch`` inputs per call."""
+    import os
+
+    from bt_jax import embedding, trunk
+    from bt_jax.benchmark import cases, plan
+
+    config = cases.recipe_config(recipe)
+    config.model.dtype = "float32"  # the layer list; each runner sets its own dtype
+    config.model.arch = arch or config.model.arch
+    size = config.data.image_size = image_size or config.data.image_size
+    layers = network_convs(embedding.create_model(config), trunk.input_shape(config), batch)
+    rows = measure_all(layers, rounds, names, threads, log)
+    per_step(rows)
+    header = (f"`python scripts/benchmark_convs.py --recipe {recipe} --arch "
+              f"{config.model.arch} --image_size {size} --batch {batch} --rounds {rounds}`. "
+              f"CPU: {plan._cpu_model()}, {os.cpu_count()} cores ({plan._cpu_flags()}); "
+              f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}'; load average "
+              f"{os.getloadavg()[0]:.1f} at the end. Medians of {rounds} alternating passes, "
+              "each layer's forward and backward, x2 views x layers of that shape per step.")
+    return rows, header
 
 
 def _ms(seconds: float) -> str:
