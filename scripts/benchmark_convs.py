@@ -9,18 +9,17 @@ computes it) and PyTorch's (f32, bf16 autocast) alternating in one process, on X
 default CPU path as the entry points set it (bt_jax/devices.py).
 """
 
-from bt_jax.devices import fast_cpu, preload_tcmalloc
+from bt_jax.devices import define_set_up_flags, fast_cpu, preload_tcmalloc
 
 preload_tcmalloc()  # as the trainer runs; before jax is imported
 fast_cpu()
 
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from bt_jax.benchmark import convs  # noqa: E402  (imports no jax at module level)
+from bt_jax.benchmark import convs, measure  # noqa: E402  (no jax at module level)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RECIPE = flags.DEFINE_string("recipe", "facenet", "A file in configs/ (its network).")
@@ -30,20 +29,14 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "0: the recipe's.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Images per call: the step's pairs per device "
                               "(each view runs separately). docs/benchmarks.md uses 4.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed passes per runner and layer.")
-_RUNNERS = flags.DEFINE_list("runners", ["ours f32", "ours bf16", "PyTorch f32",
-                                         "PyTorch bf16 autocast"], "Which to time.")
+_RUNNERS = flags.DEFINE_list("runners", list(convs.RUNNERS), "Which to time.")
 _THREADS = flags.DEFINE_integer("threads", 0, "PyTorch threads; 0: as many as cores, "
                                 "like XLA.")
 _MD = flags.DEFINE_string("md", os.path.join(REPO, "docs", "convolutions.md"),
                           "Markdown output; '' prints only.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows and the header here.")
 _RENDER = flags.DEFINE_string("render", "", "Only rebuild the markdown from this --json file.")
-flags.DEFINE_bool("fast_cpu", True, "XLA's faster CPU convolutions (read before jax starts).")
-flags.DEFINE_bool("tcmalloc", True, "Preload tcmalloc where the system has it.")
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+define_set_up_flags()  # --fast_cpu, --tcmalloc: read above, before absl parses
 
 
 def main(argv):
@@ -56,7 +49,7 @@ def main(argv):
     if bad:
         raise app.UsageError(f"--runners: unknown {bad}; choose from {list(convs.RUNNERS)}")
     rows, header = convs.run(_RECIPE.value, _ARCH.value, _IMAGE_SIZE.value, _BATCH.value,
-                             _ROUNDS.value, _RUNNERS.value, _THREADS.value, _log)
+                             _ROUNDS.value, _RUNNERS.value, _THREADS.value, measure.log)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"rows": rows, "runners": _RUNNERS.value, "header": header}, f, indent=1)

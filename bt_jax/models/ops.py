@@ -100,9 +100,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
     if preferred_element_type is None and _strided(
             lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count):
-        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
-            if isinstance(padding, str) else padding
-        return patch_conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in pads))
+        pads = _window_pads(lhs.shape, rhs.shape[:2], window_strides, padding)
+        return patch_conv(lhs, rhs, tuple(window_strides), tuple(pads))
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
@@ -135,11 +134,7 @@ def patch_conv(x, w, strides, pads):
     product saves (README, Performance; scripts/benchmark_convs.py times each layer).
     """
     kh, kw, ci, co = w.shape
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    (sh, sw) = strides
-    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    taps = [xp[:, dy:dy + sh * (oh - 1) + 1:sh, dx:dx + sw * (ow - 1) + 1:sw, :]
-            for dy in range(kh) for dx in range(kw)]
+    taps = _taps(x, (kh, kw), strides, pads, fill=0)
     return bf16_matmul(jnp.concatenate(taps, axis=-1), w.reshape(kh * kw * ci, co))
 
 
@@ -168,16 +163,17 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
                            preferred_element_type=preferred_element_type, **kwargs)
 
 
-def _pool_pads(shape, window, strides, padding):
+def _window_pads(shape, window, strides, padding):
     if isinstance(padding, str):
         return lax.padtype_to_pads(shape[1:3], window, strides, padding)
     return [tuple(p) for p in padding]
 
 
-def _taps(x, window, strides, padding):
-    """The padded input's window taps as strided slices, in row-major order."""
-    pads = _pool_pads(x.shape, window, strides, padding)
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+def _taps(x, window, strides, padding, fill=-jnp.inf):
+    """The input padded with ``fill``, its window taps as strided slices, in row-major
+    order."""
+    pads = _window_pads(x.shape, window, strides, padding)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=fill)
     (kh, kw), (sh, sw) = window, strides
     oh, ow = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
     taps = [xp[:, dy:dy + sh * (oh - 1) + 1:sh, dx:dx + sw * (ow - 1) + 1:sw, :]
@@ -216,7 +212,7 @@ def _max_pool_backward(window, strides, padding, saved, g):
     dtype, g = g.dtype, g.astype(jnp.float32)
     (kh, kw), (sh, sw) = window, strides
     n, oh, ow, c = g.shape
-    pads = _pool_pads(x_shape, window, strides, padding)
+    pads = _window_pads(x_shape, window, strides, padding)
     hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
     # Phase blocks: enough rows for every input row and every shifted output row.
     hb, wb = max(-(-hp // sh), oh + (kh - 1) // sh), max(-(-wp // sw), ow + (kw - 1) // sw)
