@@ -79,13 +79,13 @@ def base_config() -> config_dict.ConfigDict:
     config.model.projector = "2048-4096-8192"
     config.model.dtype = "float32"  # compute dtype; params and loss stay float32
     # Inception-ResNet only. Freeze every layer up to and including this one (e.g.
-    # 'Mixed_7a'): its activations are computed once per image and cached (bt_jax/trunk.py),
+    # 'Mixed_7a'): its activations are computed once per image and cached (bt_jax/network/trunk.py),
     # and only the layers after it train. '' trains the whole backbone.
     config.model.freeze_until = ""
     # BatchNorm of the backbone layers that train: 'train' (batch statistics), 'inference'
     # (running statistics throughout: a fixed affine map), or 'recalibrate' (batch
     # statistics, after setting the running ones from training data at step 0 so that a
-    # folded BN starts where the pretrained network was; bt_jax/trunk.py).
+    # folded BN starts where the pretrained network was; bt_jax/network/trunk.py).
     config.model.bn_mode = "train"
     # Inception-ResNet only: the backbone's output, 'bottleneck' (512-d) or 'pooled' (1792-d).
     config.model.output = "bottleneck"
@@ -160,7 +160,7 @@ def _eval(kind: str, *, every_epochs: int = 0, at: str = "") -> config_dict.Conf
 
 
 def evals_config() -> config_dict.ConfigDict:
-    """What the training loop evaluates, and when (bt_jax/evaluators.py).
+    """What the training loop evaluates, and when (bt_jax/train/evaluators.py).
 
     Each entry: ``kind`` ('identification': 1-NN on the eval identities; 'val_loss': the
     Barlow Twins loss on fixed val pairs; 'raw_pixels': 1-NN on pixels, no network), and

@@ -2,7 +2,7 @@
 
 FaceNet (Inception-ResNet-v1, CASIA-WebFace; configs/facenet.py for the input settings) is
 frozen through Mixed_7a: those layers' activations are computed once per image and cached
-(bt_jax/trunk.py), and the five block8, Block8 and the 512-d bottleneck train with the
+(bt_jax/network/trunk.py), and the five block8, Block8 and the 512-d bottleneck train with the
 Barlow Twins loss over 8 simulated devices, with pairs of different source photos of one
 person. Results, ablations and the commands behind them: docs/results.md.
 

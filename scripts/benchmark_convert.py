@@ -47,7 +47,7 @@ def measure(source: str, trace: bool) -> dict:
     """One conversion in this (fresh) process; the output folder is thrown away."""
     import orbax.checkpoint  # noqa: F401  (imported here so the baseline includes it)
 
-    from bt_jax import convert
+    from bt_jax.weights import convert
 
     out = os.path.join(os.path.dirname(source), f"out-{os.getpid()}")
     before = proc_status_bytes("VmRSS")
@@ -83,8 +83,8 @@ def write_full_size_pickle(path: str) -> int:
     """Random weights with every name and shape of resnet50_ft_weight.pkl; returns bytes."""
     import numpy as np
 
-    from bt_jax.convert_slots import expected_source_shapes
-    from bt_jax.convert_sources import write_release_pickle
+    from bt_jax.weights.slots import expected_source_shapes
+    from bt_jax.weights.sources import write_release_pickle
 
     rng = np.random.default_rng(0)
     state = {name: rng.standard_normal(shape, dtype=np.float32)

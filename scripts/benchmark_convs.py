@@ -6,10 +6,10 @@
 Each distinct convolution of the recipe's network (read off the model) runs its forward
 and backward passes at the step's per-view batch, ours (f32, and bf16 as the model
 computes it) and PyTorch's (f32, bf16 autocast) alternating in one process, on XLA's
-default CPU path as the entry points set it (bt_jax/devices.py).
+default CPU path as the entry points set it (bt_jax/runtime/devices.py).
 """
 
-from bt_jax.devices import define_set_up_flags, fast_cpu, preload_tcmalloc
+from bt_jax.runtime.devices import define_set_up_flags, fast_cpu, preload_tcmalloc
 
 preload_tcmalloc()  # as the trainer runs; before jax is imported
 fast_cpu()

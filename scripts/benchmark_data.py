@@ -12,7 +12,7 @@ pipeline (``parallel.prefetch_to_devices``), both competing for the same cores. 
 (1)/(2) is the headroom; the target is >= 4x.
 """
 
-from bt_jax.devices import simulate_cpu_devices
+from bt_jax.runtime.devices import simulate_cpu_devices
 
 simulate_cpu_devices(8)  # before jax is imported
 
@@ -26,7 +26,8 @@ import warnings  # noqa: E402
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from bt_jax import parallel, reducers, train  # noqa: E402
+from bt_jax.runtime import parallel  # noqa: E402
+from bt_jax.train import reducers, loop
 from bt_jax.benchmark.measure import pipeline_rate  # noqa: E402
 from bt_jax.config import base_config  # noqa: E402
 from bt_jax.data import sources  # noqa: E402
@@ -69,10 +70,10 @@ def _config(size: int):
 def step_rates(config, stream: StreamingPairs) -> tuple[float, float]:
     """(images/s of the step on a fixed device batch, images/s fed by the pipeline)."""
     mesh = parallel.device_mesh(config.num_devices)
-    tx, _ = train.make_optimizer(config, steps_per_epoch=100)
+    tx, _ = loop.make_optimizer(config, steps_per_epoch=100)
     reducer = reducers.make_reducer(config)
-    steps = train.compile_steps(config, tx, reducer)
-    state = parallel.replicate(train.initial_state(config, tx, reducer), mesh)
+    steps = loop.compile_steps(config, tx, reducer)
+    state = parallel.replicate(loop.initial_state(config, tx, reducer), mesh)
     feed = parallel.prefetch_to_devices(
         stream.batches(0, config.optim.batch_size, devices=mesh.devices.size), mesh,
         config.data.prefetch)

@@ -11,8 +11,8 @@ runs it), the search (cosine similarity to every gallery image, best per person,
 and both together, after one warm-up call that compiles. Prints one JSON line.
 """
 
-from bt_jax.devices import define_set_up_flags, set_up_cpu
-from bt_jax.logs import quiet
+from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
+from bt_jax.runtime.logs import quiet
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
 quiet()
@@ -60,13 +60,14 @@ def main(argv):
     del argv
     import numpy as np
 
-    from bt_jax import identify, identify_app
+    from bt_jax.identify import app
+    from bt_jax.identify.gallery import Classifier, Gallery, identify
     from bt_jax.data import faces, synthetic
-    from bt_jax.logs import quiet_after_flags
+    from bt_jax.runtime.logs import quiet_after_flags
 
     quiet_after_flags()
     config = _CONFIG.value
-    embedder = identify_app.network_embedder(config, init=_INIT.value)
+    embedder = app.network_embedder(config, init=_INIT.value)
     size = config.data.image_size
     crops = np.stack([synthetic.render_variants(faces.sample_identity(0, i),
                                                 faces.sample_photo(0, i, 0), [], size)[0]
@@ -74,16 +75,16 @@ def main(argv):
     dim = embedder(crops[:1]).shape[1]
     rng = np.random.default_rng(0)
     n = _PEOPLE.value * _PER_PERSON.value
-    gallery = identify.Gallery(rng.standard_normal((n, dim)).astype(np.float32),
+    gallery = Gallery(rng.standard_normal((n, dim)).astype(np.float32),
                                [f"p{i // _PER_PERSON.value:05d}" for i in range(n)],
                                [f"g{i}" for i in range(n)], embedder.fingerprint,
                                embedder.preprocessing)
     features = embedder(crops)
-    classifier = identify.Classifier("1nn")
+    classifier = Classifier("1nn")
     embed_s = _median_time(lambda: embedder(crops), _ROUNDS.value)
-    search_s = _median_time(lambda: identify.identify(gallery, features, classifier),
+    search_s = _median_time(lambda: identify(gallery, features, classifier),
                             _ROUNDS.value)
-    both_s = _median_time(lambda: identify.identify(gallery, embedder(crops), classifier),
+    both_s = _median_time(lambda: identify(gallery, embedder(crops), classifier),
                           _ROUNDS.value)
     q = _QUERIES.value
     print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "arch": config.model.arch,

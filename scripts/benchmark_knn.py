@@ -8,7 +8,7 @@ and the two backends must agree on all of them. JAX is timed twice: the first ca
 includes compilation, the second is the steady state an evaluation of many probes sees.
 """
 
-from bt_jax.devices import simulate_cpu_devices
+from bt_jax.runtime.devices import simulate_cpu_devices
 
 simulate_cpu_devices(8)  # as scripts/evaluate.py runs: before jax is imported
 

@@ -4,13 +4,13 @@
   python scripts/benchmark_powersgd.py --arch tiny --image_size 64 --projector 512-512 \\
       --batch 128 --json runs/bench_tiny.json
 
-Both reducers run the full Barlow Twins step (``bt_jax.train.train_step``: forward,
+Both reducers run the full Barlow Twins step (``bt_jax.train.loop.train_step``: forward,
 backward, reducer, LARS) under pmap over 8 simulated CPU devices. After warm-up the
 steps alternate between the two (the order flips every round), so a slow patch on a
 shared machine hits both; the reported figure is the ratio of the medians.
 """
 
-from bt_jax.devices import simulate_cpu_devices
+from bt_jax.runtime.devices import simulate_cpu_devices
 
 simulate_cpu_devices(8)  # before jax is imported
 
@@ -24,10 +24,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from bt_jax import parallel, reducers, train  # noqa: E402
+from bt_jax.runtime import parallel  # noqa: E402
+from bt_jax.train import reducers, loop
 from bt_jax.data.pairs import device_layout  # noqa: E402
 from bt_jax.config import base_config  # noqa: E402
-from bt_jax.powersgd import compression_stats  # noqa: E402
+from bt_jax.train.powersgd import compression_stats  # noqa: E402
 
 _ARCH = flags.DEFINE_string("arch", "resnet50", "Backbone: 'resnet50' or 'tiny'.")
 _SIZE = flags.DEFINE_integer("image_size", 244, "Input size (244 gives 8192 features).")
@@ -60,10 +61,10 @@ def _config(reducer: str):
 def _runner(reducer: str, mesh):
     """(one-step callable on fixed views, compile seconds, the host params)."""
     config = _config(reducer)
-    tx, _ = train.make_optimizer(config, steps_per_epoch=10)
+    tx, _ = loop.make_optimizer(config, steps_per_epoch=10)
     red = reducers.make_reducer(config)
-    steps = train.compile_steps(config, tx, red)
-    host = train.initial_state(config, tx, red)
+    steps = loop.compile_steps(config, tx, red)
+    host = loop.initial_state(config, tx, red)
     state = {"s": parallel.replicate(host, mesh)}
     rng = np.random.default_rng(0)  # the same batch for both reducers
     shape = (config.optim.batch_size, config.data.image_size, config.data.image_size, 3)

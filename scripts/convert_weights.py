@@ -11,7 +11,7 @@ Training picks the result up with --config.init=<the --out folder>. Unpickling c
 stored in the file: convert only files you trust (.pth files load with weights_only=True).
 """
 
-from bt_jax.logs import quiet
+from bt_jax.runtime.logs import quiet
 
 quiet()  # before jax is imported: no backend-probe INFO lines
 
@@ -20,8 +20,8 @@ import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from bt_jax import convert  # noqa: E402
-from bt_jax.models import ARCHS  # noqa: E402
+from bt_jax.weights import convert  # noqa: E402
+from bt_jax.models.backbones import ARCHS  # noqa: E402
 
 _SOURCE = flags.DEFINE_string("source", None, "VGGFace2 release *.pkl, Barlow Twins *.pth, "
                               "or FaceNet frozen graph *.pb.")

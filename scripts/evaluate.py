@@ -18,8 +18,8 @@ The model (architecture, image size, normalisation, backbone or projector, metri
 from --config; the weights from --workdir, --init, or else config.init.
 """
 
-from bt_jax.devices import define_set_up_flags, set_up_cpu
-from bt_jax.logs import quiet, quiet_after_flags
+from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
+from bt_jax.runtime.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
@@ -31,7 +31,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.data.sources import folder_records  # noqa: E402
-from bt_jax.evaluation import knn, protocols, raw_pixels, report, verification  # noqa: E402
+from bt_jax.evaluation import knn, protocols, report, verification  # noqa: E402
+from bt_jax.evaluation.features import raw_pixels
 from bt_jax.evaluation.groups import read_groups  # noqa: E402
 from bt_jax.evaluation.identification import Identification  # noqa: E402
 
@@ -96,7 +97,7 @@ def _check_paths() -> None:
         raise ValueError(f"--out {out!r} is empty, a file, or lies under a file; name a "
                          "folder for results.json and the plots.")
     if _WORKDIR.value is not None:
-        from bt_jax import run_config
+        from bt_jax.runtime import run_config
 
         if not _WORKDIR.value:
             raise ValueError("--workdir is empty; name a training run's folder.")
@@ -133,16 +134,16 @@ def _embedder(config):
         if _WORKDIR.value or _INIT.value:
             raise ValueError("--raw_pixels evaluates no network: drop --workdir/--init.")
         return raw_pixels, "raw pixels", {"embedding": "raw_pixels"}
-    from bt_jax.evaluation import network  # builds a model: only when one is evaluated
+    from bt_jax.network import embedder  # builds a model: only when one is evaluated
 
-    loaded = network.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
+    loaded = embedder.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
     if _WORKDIR.value:
         weights = f"checkpoint {_WORKDIR.value} step {loaded.step}"
     else:
         init = _INIT.value or config.init
         weights = f"untrained (seed {config.seed})" if init == "scratch" else f"init {init}"
     title = f"{config.model.arch} {config.eval.embedding}, {weights}"
-    return (network.NetworkEmbedder(config, loaded.variables), title,
+    return (embedder.NetworkEmbedder(config, loaded.variables), title,
             {"embedding": config.eval.embedding, "weights": weights,
              "model": config.model.to_dict(), "image_size": config.data.image_size,
              "normalization": config.data.normalization})

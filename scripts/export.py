@@ -8,14 +8,14 @@
 
 Writes <out>/embedder.bin (the function, weights inside) and <out>/embedder.json (image
 size, normalisation, embedding, metric, feature_dim, fingerprint). Load it with
-``bt_jax.exported.load_embedder(out)``, which needs only jax and numpy. Its inputs are
+``bt_jax.identify.exported.load_embedder(out)``, which needs only jax and numpy. Its inputs are
 aligned face crops, uint8 RGB of config.data.image_size px, prepared like the training
 images: this project has no face detector. Its outputs are float32 embeddings, not
 L2-normalised.
 """
 
-from bt_jax.devices import define_set_up_flags, set_up_cpu
-from bt_jax.logs import quiet, quiet_after_flags
+from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
+from bt_jax.runtime.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # before jax is imported: a checkpoint restores as in evaluate.py
 quiet()  # before jax is imported: no backend-probe INFO lines
@@ -46,11 +46,11 @@ flags.mark_flags_as_required(["config", "out"])
 
 def _check_args(config) -> None:
     """Arguments that cannot work, found before any weights are read."""
-    from bt_jax import export
+    from bt_jax.identify import export
 
     export.check_out_dir(_OUT.value, _OVERWRITE.value)
     if _WORKDIR.value is not None:
-        from bt_jax import run_config
+        from bt_jax.runtime import run_config
 
         if not _WORKDIR.value:
             raise ValueError("--workdir is empty; name a training run's folder.")
@@ -61,10 +61,10 @@ def _check_args(config) -> None:
 
 
 def _export(config) -> dict:
-    from bt_jax import export
-    from bt_jax.evaluation import network
+    from bt_jax.identify import export
+    from bt_jax.network import embedder
 
-    loaded = network.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
+    loaded = embedder.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
     if _INIT.value is not None:
         config = copy.deepcopy(config)
         config.init = _INIT.value  # a frozen trunk reads its weights from config.init

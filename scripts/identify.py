@@ -20,8 +20,8 @@ refused rather than squashed.
       --workdir runs/mlfw_facenet --data_dir ../shared/data/mlfw/val --out report.json
 """
 
-from bt_jax.devices import define_set_up_flags, set_up_cpu
-from bt_jax.logs import quiet, quiet_after_flags
+from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
+from bt_jax.runtime.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
 quiet()
@@ -33,8 +33,8 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bt_jax import identify_app  # noqa: E402
-from bt_jax.identify import Gallery, list_queries  # noqa: E402
+from bt_jax.identify import app  # noqa: E402
+from bt_jax.identify.gallery import Gallery, list_queries  # noqa: E402
 
 COMMANDS = ("enrol", "query", "report")
 define_set_up_flags()
@@ -59,10 +59,10 @@ def _embedder(config):
     if _EXPORTED.value:
         if _WORKDIR.value or _INIT.value:
             raise ValueError("--exported embeds on its own: drop --workdir/--init.")
-        return identify_app.exported_embedder(_EXPORTED.value)
+        return app.exported_embedder(_EXPORTED.value)
     if config is None:
         raise ValueError("name the model: --config with --workdir or --init, or --exported.")
-    return identify_app.network_embedder(config, workdir=_WORKDIR.value, init=_INIT.value,
+    return app.network_embedder(config, workdir=_WORKDIR.value, init=_INIT.value,
                                          progress=True)
 
 
@@ -80,7 +80,7 @@ def enrol(config) -> None:
         raise ValueError(f"{_OUT.value} exists: pass --add to add people to it, or another "
                          "--out.")
     settings, seed = _settings(config)
-    gallery, skipped, held = identify_app.enrol(_embedder(config), _IMAGES.value,
+    gallery, skipped, held = app.enrol(_embedder(config), _IMAGES.value,
                                                 identify_config=settings, seed=seed,
                                                 existing=existing)
     _report_skipped(skipped)
@@ -100,9 +100,9 @@ def query(config, paths) -> None:
     gallery = Gallery.load(_GALLERY.value)
     images = list_queries(paths)
     embedder = (_embedder(config) if _EXPORTED.value or config is not None
-                else identify_app.rebuild_embedder(gallery.source))
+                else app.rebuild_embedder(gallery.source))
     settings, _ = _settings(config)
-    rows, skipped, threshold = identify_app.query(embedder, gallery, images,
+    rows, skipped, threshold = app.query(embedder, gallery, images,
                                                   identify_config=settings,
                                                   threshold=_THRESHOLD.value)
     _report_skipped(skipped)
@@ -113,12 +113,12 @@ def query(config, paths) -> None:
     if _OUT.value:
         meta = {"gallery": _GALLERY.value, "threshold": threshold,
                 "classifier": settings.classifier, "skipped": skipped}
-        print("wrote " + ", ".join(identify_app.write_rows(rows, _OUT.value, meta)))
+        print("wrote " + ", ".join(app.write_rows(rows, _OUT.value, meta)))
 
 
 def report(config) -> None:
     from bt_jax.data.sources import folder_records
-    from bt_jax.identify_report import report as measure
+    from bt_jax.identify.report import report as measure
 
     if not _DATA.value or not _OUT.value:
         raise ValueError("report needs --data_dir (labelled crops) and --out (a JSON file).")

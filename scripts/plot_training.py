@@ -9,7 +9,7 @@ accuracy as a reference line. The run's own results.json, when there, closes the
 curve with the end-of-training evaluation.
 """
 
-from bt_jax.logs import quiet
+from bt_jax.runtime.logs import quiet
 
 quiet()  # no font-cache INFO line when matplotlib first runs
 

@@ -1,5 +1,5 @@
 """Skin tone (ITA) per identity of a face folder: a CSV for the evaluator's per-group report,
-and a PNG sheet of sampled images with their skin masks. Method: bt_jax/skin_tone.py,
+and a PNG sheet of sampled images with their skin masks. Method: bt_jax/evaluation/skin_tone.py,
 docs/skin_tone.md.
 
   python scripts/skin_tone.py --data_dir ../shared/data/mlfw/val --out_csv runs/tone/val.csv
@@ -10,7 +10,7 @@ The CSV's ``group`` column is the ITA category (``unknown`` when no image of the
 had measurable skin). The sheet goes to --sheet, by default beside the CSV.
 """
 
-from bt_jax.logs import quiet
+from bt_jax.runtime.logs import quiet
 
 quiet()  # no font-cache INFO line when matplotlib first runs
 
@@ -21,7 +21,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from bt_jax import skin_tone  # noqa: E402
+from bt_jax.evaluation import skin_tone  # noqa: E402
 from bt_jax.data.folder import load_images  # noqa: E402
 from bt_jax.data.sources import folder_records  # noqa: E402
 

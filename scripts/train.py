@@ -9,8 +9,8 @@ Ctrl-C does the same with status 130 (a second Ctrl-C aborts at once). Bad input
 divergence and checkpoint write failures exit with status 1 and one line.
 """
 
-from bt_jax.devices import define_set_up_flags, set_up_cpu
-from bt_jax.logs import quiet, quiet_after_flags
+from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
+from bt_jax.runtime.logs import quiet, quiet_after_flags
 
 set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
 quiet()  # before jax is imported: no backend-probe or font-cache INFO lines
@@ -21,9 +21,8 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bt_jax.checkpointing import CheckpointWriteError  # noqa: E402
-from bt_jax.train import (INTERRUPTED_EXIT_CODE, Preempted, format_results,  # noqa: E402
-                          train_and_evaluate)
+from bt_jax.runtime.checkpointing import CheckpointWriteError  # noqa: E402
+from bt_jax.train.loop import (INTERRUPTED_EXIT_CODE, Preempted, format_results, train_and_evaluate)  # noqa: E402
 
 define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",

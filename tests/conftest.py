@@ -8,7 +8,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The entry points turn on the fast CPU path when XLA accepts it; tests compare runs in
 # this process with runs of the scripts, so both sides must use the same setting.
-from bt_jax.devices import fast_cpu  # noqa: E402  (imports no jax)
+from bt_jax.runtime.devices import fast_cpu  # noqa: E402  (imports no jax)
 
 fast_cpu([])
 
@@ -100,17 +100,17 @@ def compile_counter():
 # conversion: shared by the conversion, fine-tuning and PyTorch parity tests.
 @pytest.fixture(scope="session")
 def graph_path():
-    from bt_jax import facenet_weights
+    from bt_jax.weights import download
 
     try:
-        return facenet_weights.fetch()
-    except facenet_weights.FetchError as e:
+        return download.fetch()
+    except download.FetchError as e:
         pytest.skip(f"the FaceNet graph cannot be fetched here: {e}")
 
 
 @pytest.fixture(scope="session")
 def converted(graph_path, tmp_path_factory):
-    from bt_jax import convert
+    from bt_jax.weights import convert
 
     out = str(tmp_path_factory.mktemp("facenet") / "casia")
     manifest = convert.convert_file(graph_path, out)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bt_jax import convert, train
+from bt_jax.weights import convert
+from bt_jax.train import loop
 from bt_jax.data import synthetic
 from bt_jax.data.folder import scan_folder
 from bt_jax.evaluation import protocols
@@ -65,13 +66,13 @@ def test_one_identity_or_no_shared_identity_is_an_error_not_a_score(faces, tmp_p
 def test_constant_images_warn_that_nothing_is_learned(tmp_path):
     config = tiny_config()
     config.train.epochs = 1
-    dirs = train.sources.synthetic_dirs(config, str(tmp_path))
+    dirs = loop.sources.synthetic_dirs(config, str(tmp_path))
     from PIL import Image
 
     for path in Path(dirs["train"]).glob("*/*.jpg"):
         Image.new("RGB", (32, 32)).save(path)  # all black
     with pytest.warns(UserWarning, match="gradient is exactly zero.*no variance"):
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_evaluate_honours_the_exclusion_list_and_skips_unreadable_images(faces, tmp_path):
@@ -100,10 +101,10 @@ def test_the_pairing_error_names_the_real_key(tmp_path):
     config.eval.batch_size = 16
     with pytest.raises(ValueError, match=r"config.data.pair_sampler='all_pairs'.*"
                        r"config.optim.batch_size=512; lower the batch size"):
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     config.data.pair_sampler = "all_pairs"
     with pytest.raises(ValueError) as error:
-        train.train_and_evaluate(config, str(tmp_path / "b"))
+        loop.train_and_evaluate(config, str(tmp_path / "b"))
     assert "set config.data.pair_sampler" not in str(error.value)
 
 
@@ -114,7 +115,7 @@ def test_paths_that_cannot_work_fail_before_any_work(faces, tmp_path):
                              (str(a_file / "run"), "is a file or lies under a file"),
                              ("", "--workdir is empty")):
         with pytest.raises(ValueError, match=message):
-            train.train_and_evaluate(tiny_config(), workdir)
+            loop.train_and_evaluate(tiny_config(), workdir)
     proc = _evaluate("--raw_pixels", f"--data_dir={faces}", f"--out={a_file}")
     assert proc.returncode == 1 and "--out" in _last_line(proc) and "a file" in _last_line(proc)
     assert "embedding" not in proc.stderr  # refused before any image was read
@@ -132,7 +133,7 @@ def test_a_symlink_loop_in_the_data_folder_is_not_a_traceback(faces, tmp_path):
 def test_evaluate_refuses_a_run_of_another_architecture_by_name(tmp_path):
     config = tiny_config()
     config.train.epochs = 1
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
     proc = _evaluate("--config.model.projector=64-64", f"--workdir={tmp_path / 'run'}",
                      f"--data_dir={tmp_path / 'run' / 'synthetic_data' / 'eval'}",
                      f"--out={tmp_path / 'out'}")

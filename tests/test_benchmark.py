@@ -14,7 +14,7 @@ import pytest
 from bt_jax.benchmark import comm, jobs, measure, plan, report
 from bt_jax.benchmark.cases import Case, full_pool_window
 from bt_jax.benchmark.jax_step import JaxStep, Variant
-from bt_jax.devices import FAST_CPU_FLAG
+from bt_jax.runtime.devices import FAST_CPU_FLAG
 
 TINY = Case(image_size=32, batch=8, projector="32-32", arch="tiny", num_devices=2)
 
@@ -95,8 +95,8 @@ def test_torch_lars_matches_ours():
     torch = pytest.importorskip("torch", reason="needs PyTorch: pip install torch==2.13.0 (the test extra)")
     import optax
 
-    from bt_jax.torch_models import LARS
-    from bt_jax.optim import lars
+    from bt_jax.reference.torch_models import LARS
+    from bt_jax.train.optim import lars
     rng = np.random.default_rng(0)
     params = {"w": rng.normal(size=(6, 4)).astype(np.float32),
               "b": rng.normal(size=(4,)).astype(np.float32)}

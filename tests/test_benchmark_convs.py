@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import embedding
+from bt_jax.network import embedding
 from bt_jax.benchmark import convs
 from bt_jax.benchmark.cases import Case
 

@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from bt_jax import train
+from bt_jax.train import loop
 from configs_loader import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,17 +68,17 @@ def test_missing_data_folder_exits_with_clear_error(tmp_path):
 def test_missing_converted_weights_says_how_to_convert(tiny, tmp_path):
     tiny.init = str(tmp_path / "no_weights")
     with pytest.raises(FileNotFoundError, match="convert_weights.py"):
-        train.train_and_evaluate(tiny, str(tmp_path / "w"))
+        loop.train_and_evaluate(tiny, str(tmp_path / "w"))
 
 
 def test_identities_with_one_image_are_skipped_with_warning(tiny, tmp_path):
-    dirs = train.sources.data_dirs(tiny, str(tmp_path))
+    dirs = loop.sources.data_dirs(tiny, str(tmp_path))
     lonely = Path(dirs["train"]) / "Lonely_Person"
     lonely.mkdir()
     first = next(Path(dirs["train"]).glob("*/*.jpg"))
     (lonely / "Lonely_Person_0001_0000.jpg").write_bytes(first.read_bytes())
     with pytest.warns(UserWarning, match="Lonely_Person"):
-        records = train.folder.scan_folder(dirs["train"])
+        records = loop.folder.scan_folder(dirs["train"])
     assert "Lonely_Person" not in {r.identity for r in records}
 
 

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax import convert
-from bt_jax.convert_slots import expected_source_shapes
-from bt_jax.convert_sources import write_release_pickle
-from bt_jax.models import BarlowTwins, Projector, resnet50
-from bt_jax.pretrained import load_pretrained
+from bt_jax.weights import convert
+from bt_jax.weights.slots import expected_source_shapes
+from bt_jax.weights.sources import write_release_pickle
+from bt_jax.models.barlow import BarlowTwins, Projector
+from bt_jax.models.resnet import resnet50
+from bt_jax.weights.pretrained import load_pretrained
 
 TORCH_REASON = "parity tests need PyTorch: pip install torch==2.13.0 (or the 'test' extra)"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +30,7 @@ TOLERANCE = 1e-4  # relative error ||out - ref|| / ||ref|| in float32
 
 def _torch():
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
-    from bt_jax import torch_models  # imports torch itself
+    from bt_jax.reference import torch_models  # imports torch itself
 
     return torch, torch_models
 

@@ -11,7 +11,7 @@ import pytest
 from ml_collections import config_dict
 from PIL import Image
 
-from bt_jax import parallel
+from bt_jax.runtime import parallel
 from bt_jax.config import base_config
 from bt_jax.data import augment, cleaning, release, sources, synthetic
 from bt_jax.data.exclusions import read_exclusions, record_key, write_exclusions

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bt_jax import devices
+from bt_jax.runtime import devices
 
 
 def test_fast_cpu_flag_is_probed_and_respects_the_user():
@@ -45,7 +45,7 @@ def test_tcmalloc_is_chosen_unless_the_user_or_the_system_says_otherwise():
     assert library is None and "libtcmalloc-minimal4" in message and "BT_JAX_TCMALLOC=0" in message
 
 
-_SHOW = ("import sys; from bt_jax import devices; devices.preload_tcmalloc(); "
+_SHOW = ("import sys; from bt_jax.runtime import devices; devices.preload_tcmalloc(); "
          "print('tcmalloc' in devices.loaded_libraries(), sys.argv[1:])")
 
 

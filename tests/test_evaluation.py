@@ -13,12 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import embedding, evaluation, parallel, train
+from bt_jax.network import embedding
+from bt_jax.runtime import parallel
+from bt_jax.train import loop
 from bt_jax.data import synthetic
 from bt_jax.data.folder import ImageRecord, scan_folder
 from bt_jax.evaluation import groups, knn, protocols, verification
 from bt_jax.evaluation.features import FeatureTable, raw_pixels
-from bt_jax.evaluation.identification import Identification
+from bt_jax.evaluation.identification import Identification, identification_report
 from bt_jax.evaluation.stats import bootstrap_ci
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def test_identification_views_leaks_and_unknown_identities_exactly():
 def test_identification_report_keeps_the_training_interface():
     records = [_record(name, s, v) for name in ("A", "B") for s in (1, 2) for v in (0, 1)]
     images = np.asarray([[r.label + (r.identity == "B") * 10.0, r.source] for r in records])
-    report = evaluation.identification_report(lambda x: x, images, records, "euclidean")
+    report = identification_report(lambda x: x, images, records, "euclidean")
     assert {"accuracy", "gallery", "probes", "identities"} <= set(report)
     assert (report["gallery"], report["probes"], report["identities"]) == (4, 4, 2)
     assert report["accuracy"] == 1.0 and report["leaked_probes"] == 0
@@ -110,15 +112,15 @@ def test_pmapped_embedding_pads_a_partial_batch_and_drops_the_padding(tiny):
 @pytest.fixture(scope="module")
 def scratch():
     from conftest import tiny_config
-    from bt_jax.evaluation import network
+    from bt_jax.network import embedder
 
-    return network.load_weights(tiny_config(), init="scratch")
+    return embedder.load_weights(tiny_config(), init="scratch")
 
 
 def test_network_embedder_is_independent_of_batching(tiny, scratch):
-    from bt_jax.evaluation import network
+    from bt_jax.network import embedder
 
-    embed = network.NetworkEmbedder(tiny, scratch.variables, progress=False)
+    embed = embedder.NetworkEmbedder(tiny, scratch.variables, progress=False)
     images = np.random.default_rng(1).integers(0, 255, (21, 32, 32, 3), np.uint8)
     whole = embed(images)  # 16 + a padded batch of 5
     parts = np.concatenate([embed(images[:3]), embed(images[3:])])
@@ -131,15 +133,14 @@ _EVALUATE_WITHOUT_TRAINER = """
 import sys, numpy as np
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-from bt_jax.evaluation import network
+from bt_jax.network import embedder
 config = tiny_config()
 config.reducer.name = "powersgd"
 data = np.load(sys.argv[2])
-loaded = network.load_weights(config, workdir=sys.argv[1])
-got = network.NetworkEmbedder(config, loaded.variables, progress=False)(data["images"])
+loaded = embedder.load_weights(config, workdir=sys.argv[1])
+got = embedder.NetworkEmbedder(config, loaded.variables, progress=False)(data["images"])
 np.testing.assert_allclose(got, data["expected"], rtol=1e-5, atol=1e-6)
-built = sorted(m for m in ("bt_jax.train", "bt_jax.optim", "bt_jax.reducers",
-                           "bt_jax.powersgd") if m in sys.modules)
+built = sorted(m for m in sys.modules if m.startswith("bt_jax.train"))
 print("step", loaded.step, "built", built)
 """
 
@@ -148,16 +149,16 @@ def test_evaluator_reads_a_powersgd_checkpoint_without_building_optimizer_state(
         tiny, tmp_path):
     """A checkpoint holding LARS momentum and per-device PowerSGD buffers is evaluated by
     a process that never imports the trainer, optimizer or reducers (partial restore)."""
-    from bt_jax import reducers
-    from bt_jax.checkpointing import Checkpointer
-    from bt_jax.evaluation import network
+    from bt_jax.train import reducers
+    from bt_jax.runtime.checkpointing import Checkpointer
+    from bt_jax.network import embedder
 
     with pytest.raises(FileNotFoundError, match="no checkpoints/ folder"):
-        network.load_weights(tiny, workdir=str(tmp_path / "nothing"))
+        embedder.load_weights(tiny, workdir=str(tmp_path / "nothing"))
     config = tiny.copy_and_resolve_references()
     config.reducer.name = "powersgd"
-    tx, _ = train.make_optimizer(config, 4)
-    state = train.initial_state(config, tx, reducers.make_reducer(config))
+    tx, _ = loop.make_optimizer(config, 4)
+    state = loop.initial_state(config, tx, reducers.make_reducer(config))
     assert jax.tree.leaves(state.reducer_state) and jax.tree.leaves(state.opt_state)
     saved = state.replace(step=np.int32(7), params=jax.tree.map(lambda x: x + 0.01,
                                                                 state.params))
@@ -165,7 +166,7 @@ def test_evaluator_reads_a_powersgd_checkpoint_without_building_optimizer_state(
     ckpt.save(7, saved)
     ckpt.close()
     images = np.random.default_rng(2).integers(0, 255, (5, 32, 32, 3), np.uint8)
-    expected = network.NetworkEmbedder(config, train.network_variables(saved),
+    expected = embedder.NetworkEmbedder(config, embedding.network_variables(saved),
                                        progress=False)(images)
     np.savez(tmp_path / "data.npz", images=images, expected=expected)
     proc = subprocess.run([sys.executable, "-c", _EVALUATE_WITHOUT_TRAINER,

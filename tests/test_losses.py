@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.losses import barlow_twins_loss, cross_correlation
-from bt_jax.parallel import AXIS
+from bt_jax.train.losses import barlow_twins_loss, cross_correlation
+from bt_jax.runtime.parallel import AXIS
 
 N_DEV = 8
 

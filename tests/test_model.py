@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax.models import (ARCHS, BarlowTwins, Projector, parse_projector_sizes, resnet50,
-                           small_resnet, tiny_resnet)
+from bt_jax.models.backbones import ARCHS
+from bt_jax.models.barlow import BarlowTwins, Projector, parse_projector_sizes
+from bt_jax.models.resnet import resnet50, small_resnet, tiny_resnet
 from bt_jax.models.resnet import _max_pool_ceil
-from bt_jax.parallel import AXIS
+from bt_jax.runtime.parallel import AXIS
 
 
 def _shapes(model, size):
@@ -132,7 +133,7 @@ def test_batchnorm_statistics_span_all_devices():
 
 
 def test_inception_resnet_v1_shapes_names_and_size():
-    from bt_jax.models import inception_resnet_v1, tiny_inception_resnet
+    from bt_jax.models.inception_resnet import inception_resnet_v1, tiny_inception_resnet
 
     variables, shape = _shapes(inception_resnet_v1(), 160)
     assert shape == (2, 512)

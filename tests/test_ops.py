@@ -12,7 +12,9 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from bt_jax.models import ops, tiny_inception_resnet, tiny_resnet
+from bt_jax.models import ops
+from bt_jax.models.inception_resnet import tiny_inception_resnet
+from bt_jax.models.resnet import tiny_resnet
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -1,4 +1,4 @@
-"""Tests for bt_jax.optim against a plain-numpy transcription of the reference."""
+"""Tests for bt_jax.train.optim against a plain-numpy transcription of the reference."""
 
 import math
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax.core import FrozenDict
 
-from bt_jax import optim
+from bt_jax.train import optim
 
 WARMUP, TOTAL, BASE = 10, 40, 2.0
 N_STEPS = 25  # warm-up ends at step 10, cosine runs for the remaining steps

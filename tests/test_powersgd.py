@@ -8,10 +8,12 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
-from bt_jax import powersgd as psgd
-from bt_jax import parallel, reducers
-from bt_jax.models import Projector, resnet50
-from bt_jax.parallel import AXIS
+from bt_jax.train import powersgd as psgd
+from bt_jax.runtime import parallel
+from bt_jax.train import reducers
+from bt_jax.models.barlow import Projector
+from bt_jax.models.resnet import resnet50
+from bt_jax.runtime.parallel import AXIS
 from configs_loader import load_config
 
 N = 8

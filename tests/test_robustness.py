@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import reducers, train
-from bt_jax.checkpointing import Checkpointer
+from bt_jax.train import reducers, loop
+from bt_jax.runtime.checkpointing import Checkpointer
 from conftest import tiny_config, tiny_flags
 from configs_loader import CONFIG_DIR
 
@@ -31,8 +31,8 @@ def _command(workdir, *extra):
 
 def _final_state(workdir):
     config = tiny_config()
-    tx, _ = train.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
-    template = train.initial_state(config, tx, reducers.make_reducer(config))
+    tx, _ = loop.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
+    template = loop.initial_state(config, tx, reducers.make_reducer(config))
     ckpt = Checkpointer(str(workdir))
     try:
         return ckpt.restore_latest(template)
@@ -49,7 +49,7 @@ def _assert_same_state(a, b, atol=0.0):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    train.train_and_evaluate(tiny_config(), str(workdir))
+    loop.train_and_evaluate(tiny_config(), str(workdir))
     return _final_state(workdir)
 
 
@@ -73,7 +73,7 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
     _wait_for_step(proc, workdir, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == train.PREEMPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == loop.PREEMPTED_EXIT_CODE, err[-2000:]
     assert "Run the same command again to resume" in err
     stopped_at = int(_final_state(workdir).step)
     assert 2 <= stopped_at < TOTAL_STEPS
@@ -104,7 +104,7 @@ def test_divergence_names_the_step_and_keeps_last_good_checkpoint(tmp_path):
     config.train.log_every_steps = 1
     with pytest.raises(FloatingPointError, match=r"training diverged at step 2\b.*"
                        r"checkpoint of step 1 is intact"):
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     kept = _final_state(tmp_path)
     assert int(kept.step) == 1
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(kept.params))
@@ -114,7 +114,7 @@ def test_divergence_before_any_checkpoint_says_none_is_kept(tmp_path):
     config = tiny_config()
     config.optim.lr_biases = 1e38
     with pytest.raises(FloatingPointError, match="No checkpoint was written yet"):
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     assert not Checkpointer.has_checkpoints(str(tmp_path))
 
 
@@ -159,10 +159,10 @@ def test_a_real_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tm
     kept = int(re.search(r"The checkpoint of step (\d+) is intact", error[0])[1])
     assert kept == failed - 1 >= 1
     config.train.checkpoint_every_steps = 1
-    tx, _ = train.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
+    tx, _ = loop.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
     ckpt = Checkpointer(str(small_disk / "run"))
     try:
-        state = ckpt.restore_latest(train.initial_state(config, tx, reducers.make_reducer(config)))
+        state = ckpt.restore_latest(loop.initial_state(config, tx, reducers.make_reducer(config)))
     finally:
         ckpt.close()
     assert int(state.step) == kept
@@ -172,13 +172,13 @@ def test_keep_checkpoints_below_one_is_refused(tmp_path):
     config = tiny_config()
     config.train.keep_checkpoints = 0
     with pytest.raises(ValueError, match="keep_checkpoints=0 would delete every checkpoint"):
-        train.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(tmp_path):
     config = tiny_config()
     config.train.epochs = 1
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["model"]["projector"] == "32-32"
     changed = tiny_config()
     changed.train.epochs = 1
@@ -186,11 +186,11 @@ def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(tmp_path):
     changed.optim.batch_size = 8
     with pytest.raises(ValueError, match=r"model.projector: run '32-32', now '64-64'.*"
                        r"optim.batch_size: run 16, now 8.*new --workdir"):
-        train.train_and_evaluate(changed, str(tmp_path))
+        loop.train_and_evaluate(changed, str(tmp_path))
     longer = tiny_config()
     longer.train.epochs = 2  # allowed, with a warning: the schedule is recomputed
-    with pytest.warns(UserWarning, match="train.epochs changed from 1 to 2"):
-        train.train_and_evaluate(longer, str(tmp_path))
+    with pytest.warns(UserWarning, match="loop.epochs changed from 1 to 2"):
+        loop.train_and_evaluate(longer, str(tmp_path))
     assert int(_final_state(tmp_path).step) == TOTAL_STEPS
 
 
@@ -203,7 +203,7 @@ def test_a_truncated_or_empty_latest_checkpoint_is_set_aside_and_the_previous_on
     config = tiny_config()
     config.train.checkpoint_every_steps = 1
     config.train.keep_checkpoints = 3
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     step = _latest_step_folder(tmp_path)
     files = [f for f in (tmp_path / "checkpoints" / str(step)).rglob("*") if f.is_file()]
     biggest = max(files, key=lambda f: f.stat().st_size)
@@ -216,7 +216,7 @@ def test_a_truncated_or_empty_latest_checkpoint_is_set_aside_and_the_previous_on
     assert (tmp_path / "checkpoints" / f"{step}.corrupt").is_dir()  # moved aside, not deleted
     assert (tmp_path / "checkpoints" / f"{step + 4}.corrupt").is_dir()
     # Training resumes from there and finishes as the uninterrupted run did.
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     _assert_same_state(_final_state(tmp_path), uninterrupted)
 
 
@@ -226,7 +226,7 @@ def test_ctrl_c_saves_and_exits_130_and_a_second_aborts(uninterrupted, tmp_path)
     _wait_for_step(proc, tmp_path, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == train.INTERRUPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == loop.INTERRUPTED_EXIT_CODE, err[-2000:]
     assert "KeyboardInterrupt" not in err and "checkpoint is saved" in err
     assert Checkpointer.has_checkpoints(str(tmp_path))
     proc = subprocess.run(_command(tmp_path), capture_output=True, text=True)
@@ -242,7 +242,7 @@ def test_sigterm_during_start_up_says_so_and_exits_75(tmp_path):
         time.sleep(0.1)  # config.json is written at the start of start-up
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == train.PREEMPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == loop.PREEMPTED_EXIT_CODE, err[-2000:]
     assert "during start-up" in err and "Traceback" not in err
 
 
@@ -284,23 +284,23 @@ def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_pat
 def test_a_start_up_signal_whose_exception_was_swallowed_still_stops_before_the_loop():
     # A handler's exception raised inside a gc callback is printed and dropped by Python
     # (seen once in CI: the run went on and exited 0); the loop must not start anyway.
-    with train.StopRequest() as stop:
+    with loop.StopRequest() as stop:
         try:
             stop._handle(signal.SIGTERM, None)
-        except train.Preempted:
+        except loop.Preempted:
             pass  # what "Exception ignored in: <gc callback>" amounts to
-        with pytest.raises(train.Preempted, match="during start-up") as stopped:
+        with pytest.raises(loop.Preempted, match="during start-up") as stopped:
             stop.start_loop()
-        assert stopped.value.exit_code == train.PREEMPTED_EXIT_CODE and not stop.looping
-    with train.StopRequest() as stop:
+        assert stopped.value.exit_code == loop.PREEMPTED_EXIT_CODE and not stop.looping
+    with loop.StopRequest() as stop:
         stop.start_loop()
         assert stop.looping
 
 
 def test_second_ctrl_c_aborts_at_once():
-    with train.StopRequest() as stop:
+    with loop.StopRequest() as stop:
         stop.looping = True
         stop._handle(signal.SIGINT, None)  # what the first Ctrl-C calls
-        assert stop.should_stop() and stop.exit_code() == train.INTERRUPTED_EXIT_CODE
+        assert stop.should_stop() and stop.exit_code() == loop.INTERRUPTED_EXIT_CODE
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import color
 
-from bt_jax import skin_tone as st
+from bt_jax.evaluation import skin_tone as st
 from bt_jax.data import faces, masks, synthetic
 from bt_jax.evaluation.groups import read_groups
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from bt_jax.data import faces, masks, synthetic
-from bt_jax.data.folder import (ImageRecord, PairDataset, load_images, parse_image_name,
-                                scan_folder)
+from bt_jax.data.folder import ImageRecord, load_images, parse_image_name, scan_folder
+from bt_jax.data.pairs import PairDataset
 
 MLFW_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mlfw" / "val"
 SMALL = dict(num_identities=6, sources_per_identity=3, masked_variants=2, image_size=32,

@@ -1,4 +1,4 @@
-"""The PyTorch Inception-ResNet-v1 (``bt_jax.torch_models``) against our Flax one.
+"""The PyTorch Inception-ResNet-v1 (``bt_jax.reference.torch_models``) against our Flax one.
 
 The tiny variant runs with random weights and non-trivial BatchNorm statistics, in eval
 and train mode; the full-size one with the converted FaceNet CASIA weights when they are
@@ -15,13 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import preprocess
-from bt_jax.models import inception_resnet_v1, tiny_inception_resnet
+from bt_jax.data import preprocess
+from bt_jax.models.inception_resnet import inception_resnet_v1, tiny_inception_resnet
 
 torch = pytest.importorskip(
     "torch", reason="the PyTorch reference needs torch: pip install torch==2.13.0 "
                     "(or the 'test' extra)")
-from bt_jax import torch_models  # noqa: E402  (imports torch itself)
+from bt_jax.reference import torch_models  # noqa: E402  (imports torch itself)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5  # max |torch - flax| / max |flax|, float32
@@ -161,7 +161,7 @@ def test_tf_same_padding_only_where_it_is_symmetric():
 def test_facenet_weights_match_flax(converted):
     """The real CASIA weights (the graph fetched and converted as in test_facenet.py; it
     skips, saying why, only where the graph cannot be fetched)."""
-    from bt_jax.pretrained import read_converted
+    from bt_jax.weights.pretrained import read_converted
 
     loaded = read_converted(converted[0])
     variables = {c: jax.device_get(loaded[c]["backbone"]) for c in ("params", "batch_stats")}

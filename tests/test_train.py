@@ -6,22 +6,23 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax import parallel, reducers, train
+from bt_jax.runtime import parallel
+from bt_jax.train import reducers, loop
 from bt_jax.evaluation.plots import plot_training
 
 
 def _setup(config, workdir):
-    data = train.load_data(config, str(workdir))
-    tx, schedule = train.make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
+    data = loop.load_data(config, str(workdir))
+    tx, schedule = loop.make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
     reducer = reducers.make_reducer(config)
-    return data, tx, schedule, train.compile_steps(config, tx, reducer), \
-        train.initial_state(config, tx, reducer)
+    return data, tx, schedule, loop.compile_steps(config, tx, reducer), \
+        loop.initial_state(config, tx, reducer)
 
 
 def test_one_step_keeps_replicas_identical_and_compiles_once(tiny, tmp_path, compile_counter):
     data, tx, _, steps, state = _setup(tiny, tmp_path)
     mesh = parallel.device_mesh(8)
-    state = train.state_to_devices(state, mesh)
+    state = loop.state_to_devices(state, mesh)
     batches = parallel.prefetch_to_devices(data.train.batches(0, 16, devices=8), mesh, 2)
     for i in range(3):
         views = next(batches)
@@ -38,7 +39,7 @@ def test_one_step_keeps_replicas_identical_and_compiles_once(tiny, tmp_path, com
 
 def test_end_to_end_run_writes_metrics_results_and_checkpoints(tiny, tmp_path):
     tiny.evals.knn.every_epochs = 1
-    results = train.train_and_evaluate(tiny, str(tmp_path))
+    results = loop.train_and_evaluate(tiny, str(tmp_path))
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [l for l in lines if "loss" in l]
     vals = [l for l in lines if "val_loss" in l]
@@ -72,9 +73,9 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
     tiny.reducer.name = "powersgd"
     tiny.reducer.powersgd.rank = 2
     tiny.reducer.powersgd.start_iter = 1
-    train.train_and_evaluate(tiny, str(tmp_path / "full"))
+    loop.train_and_evaluate(tiny, str(tmp_path / "full"))
 
-    compile_steps = train.compile_steps
+    compile_steps = loop.compile_steps
 
     def crashing_compile(*args):
         steps = compile_steps(*args)
@@ -89,13 +90,13 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
 
     monkeypatch.setattr(train, "compile_steps", crashing_compile)
     with pytest.raises(_Crash):
-        train.train_and_evaluate(tiny, str(tmp_path / "resumed"))
+        loop.train_and_evaluate(tiny, str(tmp_path / "resumed"))
     monkeypatch.setattr(train, "compile_steps", compile_steps)
-    train.train_and_evaluate(tiny, str(tmp_path / "resumed"))
+    loop.train_and_evaluate(tiny, str(tmp_path / "resumed"))
 
-    template = train.initial_state(tiny, *_tx_and_reducer(tiny))
-    full = train.Checkpointer(str(tmp_path / "full")).restore_latest(template)
-    resumed = train.Checkpointer(str(tmp_path / "resumed")).restore_latest(template)
+    template = loop.initial_state(tiny, *_tx_and_reducer(tiny))
+    full = loop.Checkpointer(str(tmp_path / "full")).restore_latest(template)
+    resumed = loop.Checkpointer(str(tmp_path / "resumed")).restore_latest(template)
     assert int(full.step) == int(resumed.step) == 8
     errors = jax.tree.leaves(full.reducer_state.error)
     assert any(np.ptp(e, axis=0).max() > 0 for e in errors)  # per-device state is real
@@ -104,7 +105,7 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
 
 
 def _tx_and_reducer(config):
-    tx, _ = train.make_optimizer(config, 4)
+    tx, _ = loop.make_optimizer(config, 4)
     return tx, reducers.make_reducer(config)
 
 
@@ -116,7 +117,7 @@ def test_inception_backbone_trains_under_pmap(tiny, tmp_path):
     tiny.data.normalization = "facenet"
     data, _, _, steps, state = _setup(tiny, tmp_path)
     before = state.batch_stats
-    state = train.state_to_devices(state, parallel.device_mesh(8))
+    state = loop.state_to_devices(state, parallel.device_mesh(8))
     state, metrics = steps.train(state, next(data.train.batches(0, 16, devices=8)))
     assert np.isfinite(np.asarray(metrics["loss"])).all()
     after = parallel.unreplicate(state.batch_stats)

@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bt_jax import convert, embedding, train, trunk
-from bt_jax.models import tiny_inception_resnet
+from bt_jax.weights import convert
+from bt_jax.network import embedding, trunk
+from bt_jax.train import loop
+from bt_jax.models.inception_resnet import tiny_inception_resnet
 
 SIZE = 80
 SPLIT = "Mixed_6a"
@@ -98,14 +100,14 @@ def test_cache_is_computed_once_and_keyed_by_weights_pixels_and_preprocessing(fr
 def test_bad_split_settings_name_the_fix(frozen):
     frozen.model.freeze_until = "Mixed_9z"
     with pytest.raises(ValueError, match="'Mixed_9z' is not a layer of tiny_inception"):
-        train.check_config(frozen)
+        loop.check_config(frozen)
     frozen.model.freeze_until = SPLIT
     frozen.init = "scratch"
     with pytest.raises(ValueError, match="init='scratch' has none"):
-        train.check_config(frozen)
+        loop.check_config(frozen)
     frozen.model.arch = "tiny"
     with pytest.raises(ValueError, match="not config.model.arch='tiny'"):
-        train.check_config(frozen)
+        loop.check_config(frozen)
 
 
 def test_recalibration_keeps_the_inference_function_and_aligns_batch_statistics(frozen):
@@ -138,7 +140,7 @@ def test_tiny_frozen_run_end_to_end_and_evaluate_from_images(frozen, tmp_path):
     frozen.optim.name = "adamw"
     frozen.optim.backbone_lr_scale = 0.1
     workdir = tmp_path / "run"
-    results = train.train_and_evaluate(frozen, str(workdir))
+    results = loop.train_and_evaluate(frozen, str(workdir))
     assert np.isfinite(results["trained"]["accuracy"])
     cached = [f for f in os.listdir(tmp_path / "cache" / "trunk") if f.endswith(".npy")]
     assert len(cached) == 3  # train, val, eval: each computed once

@@ -69,7 +69,7 @@ def full_pool_window(image_size: int) -> int:
     With it every size has exactly the parameters of the earlier work's model, so the
     projector, the loss and LARS cost the same and only the convolutions scale.
     """
-    from bt_jax.models import resnet50
+    from bt_jax.models.resnet import resnet50
     final = math.isqrt(resnet50(pool_window=1).feature_dim(image_size) // 2048)
     if final < 2:
         raise ValueError(f"image_size={image_size} leaves a {final}x{final} map; use >= 64")

@@ -188,7 +188,7 @@ def run(recipe: str, arch: str, image_size: int, batch: int, rounds: int, names=
     recipe's), at ``batch`` inputs per call."""
     import os
 
-    from bt_jax import embedding, trunk
+    from bt_jax.network import embedding, trunk
     from bt_jax.benchmark import cases, plan
 
     config = cases.recipe_config(recipe)

@@ -1,6 +1,6 @@
 """Our Barlow Twins train step in the benchmarked variants, compiled once per variant.
 
-The plain variant is exactly what ``train.compile_steps`` builds (``train.train_step``
+The plain variant is exactly what ``loop.compile_steps`` builds (``loop.train_step``
 under pmap with the state donated), on images or, with a frozen trunk, its activations.
 The others change one lever each: the compute dtype (a field of the case), no donation,
 or both views in one forward pass (``fused``).
@@ -17,12 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bt_jax import embedding, parallel, reducers, train, trunk
+from bt_jax.network import embedding, trunk
+from bt_jax.runtime import parallel
+from bt_jax.train import reducers, loop
 from bt_jax.data.pairs import device_layout
-from bt_jax.losses import barlow_twins_loss
-from bt_jax.models import BarlowTwins
+from bt_jax.train.losses import barlow_twins_loss
+from bt_jax.models.barlow import BarlowTwins
 from bt_jax.models.resnet import BN_MOMENTUM
-from bt_jax.parallel import AXIS
+from bt_jax.runtime.parallel import AXIS
 
 
 class Variant(NamedTuple):
@@ -42,14 +44,14 @@ def _sequential_stats(old, per_view, momentum: float = BN_MOMENTUM):
 
 
 def fused_train_step(state, views, *, model, tx, reducer, config):
-    """``train.train_step`` with both views in one forward pass over a batch of 2B.
+    """``loop.train_step`` with both views in one forward pass over a batch of 2B.
 
     The views are stacked and the embedding is vmapped over them: XLA folds the view
     axis into each convolution's batch, while BatchNorm still normalises every view with
     its own statistics and the running stats follow the sequential update. Same loss,
-    gradients and state as ``train.train_step`` up to float rounding (tested).
+    gradients and state as ``loop.train_step`` up to float rounding (tested).
     """
-    x = jnp.stack(train._views(state, views, config))
+    x = jnp.stack(loop._views(state, views, config))
 
     def loss_fn(params):
         def embed(view):
@@ -62,13 +64,13 @@ def fused_train_step(state, views, *, model, tx, reducer, config):
         return loss, _sequential_stats(state.batch_stats, per_view)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return train.apply_gradients(state, loss, grads, batch_stats, tx=tx, reducer=reducer)
+    return loop.apply_gradients(state, loss, grads, batch_stats, tx=tx, reducer=reducer)
 
 
 def pmapped_step(config, tx, reducer, variant: Variant):
-    """The variant's step under pmap, built the way ``train.compile_steps`` builds it."""
+    """The variant's step under pmap, built the way ``loop.compile_steps`` builds it."""
     model = embedding.create_model(config, axis_name=AXIS)
-    body = fused_train_step if variant.fused else train.train_step
+    body = fused_train_step if variant.fused else loop.train_step
     step = functools.partial(body, model=model, tx=tx, reducer=reducer, config=config)
     return jax.pmap(step, axis_name=AXIS, devices=parallel.pmap_devices(config.num_devices),
                     donate_argnums=(0,) if variant.donate else ())
@@ -108,11 +110,11 @@ class JaxStep:
 
     def __init__(self, case, variant: Variant = Variant(), host_state=None, views=None):
         config = case.config()
-        tx, _ = train.make_optimizer(config, steps_per_epoch=10)
+        tx, _ = loop.make_optimizer(config, steps_per_epoch=10)
         reducer = reducers.make_reducer(config)
-        self.host_state = host_state or train.initial_state(config, tx, reducer)
+        self.host_state = host_state or loop.initial_state(config, tx, reducer)
         mesh = parallel.device_mesh(config.num_devices)
-        self.state = train.state_to_devices(self.host_state, mesh)
+        self.state = loop.state_to_devices(self.host_state, mesh)
         views = random_views(config) if views is None else views
         # On the devices once: the benchmark times the step, not the host-to-device copy.
         self.views = jax.device_put(views, NamedSharding(mesh, PartitionSpec(AXIS)))

@@ -25,14 +25,14 @@ def job_env(fast_cpu: bool, devices: int = 1, extra_flags: str = "",
             base: Dict[str, str] | None = None, malloc: str = "") -> Dict[str, str]:
     """The environment of a job process, its XLA flags set here and nowhere else.
 
-    The entry points now turn XLA's fast CPU path on by themselves (bt_jax/devices.py) and
+    The entry points now turn XLA's fast CPU path on by themselves (bt_jax/runtime/devices.py) and
     a shell may carry any XLA_FLAGS; a benchmark that inherited them would not know which
     path it measured. So every job gets exactly: its simulated device count, the fast CPU
     flag if ``fast_cpu``, the run's ``extra_flags``, and BT_JAX_FAST_CPU to match. The
     same goes for the allocator: ``malloc`` (a library to preload, '' for the C library's
     own) replaces whatever tcmalloc the shell preloads, and BT_JAX_TCMALLOC matches it.
     """
-    from bt_jax.devices import FAST_CPU_ENV, FAST_CPU_FLAG, MALLOC_ENV
+    from bt_jax.runtime.devices import FAST_CPU_ENV, FAST_CPU_FLAG, MALLOC_ENV
     env = dict(os.environ if base is None else base)
     preload = [lib for lib in env.get("LD_PRELOAD", "").split() if "tcmalloc" not in lib]
     env["LD_PRELOAD"] = " ".join(([malloc] if malloc else []) + preload)
@@ -185,8 +185,8 @@ def comm(spec) -> Dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from bt_jax import embedding
-    from bt_jax.powersgd import compression_stats
+    from bt_jax.network import embedding
+    from bt_jax.train.powersgd import compression_stats
     config = _case(spec).config()
     size = config.data.image_size
     x = jnp.zeros((1, size, size, 3), jnp.float32)

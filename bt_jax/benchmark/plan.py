@@ -1,7 +1,7 @@
 """Which jobs a benchmark run starts, in which order and on which CPU path.
 
 Every job runs on the entry points' default CPU path (XLA's ynn convolution fusion on,
-where XLA accepts the flag: bt_jax/devices.py) unless it is the comparison with the flag
+where XLA accepts the flag: bt_jax/runtime/devices.py) unless it is the comparison with the flag
 off; the job processes get their flags from here, never from the shell. Levers are
 measured in full at the first image size only (every variant is a compilation of about a
 minute on this CPU); the other sizes measure the plain step and the fastest combination
@@ -95,8 +95,8 @@ def bf16_on(options: Options) -> bool:
 
 def probe_fast_cpu() -> bool:
     """Whether the entry points' default CPU path has the ynn flag on here: the same probe
-    (bt_jax/devices.py), from a clean environment rather than this shell's."""
-    from bt_jax import devices
+    (bt_jax/runtime/devices.py), from a clean environment rather than this shell's."""
+    from bt_jax.runtime import devices
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", devices.FAST_CPU_ENV)}
     flags, _ = devices.choose_cpu_flags(env, [])
     return devices.FAST_CPU_FLAG in flags
@@ -107,8 +107,8 @@ def _ours(name: str, dtype: str, *, fused: bool = False, donate: bool = True) ->
 
 
 def probe_malloc() -> str:
-    """The allocator the entry points would preload here (bt_jax/devices.py), '' for none."""
-    from bt_jax import devices
+    """The allocator the entry points would preload here (bt_jax/runtime/devices.py), '' for none."""
+    from bt_jax.runtime import devices
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", devices.MALLOC_ENV)}
     return devices.choose_malloc(env, [])[0] or ""
 

@@ -28,7 +28,7 @@ def ok_jobs(jobs):
 
 
 def cpu_path(spec) -> str:
-    """The CPU path a job ran on, named against the entry points' default (bt_jax/devices.py
+    """The CPU path a job ran on, named against the entry points' default (bt_jax/runtime/devices.py
     turns the ynn flag on unless XLA rejects it): 'default (ynn on)', 'ynn off', ..."""
     flags = spec.get("xla_flags", "")
     if "fast_cpu" not in spec:  # a run from before the default changed: its flags verbatim
@@ -382,7 +382,7 @@ def _machine(results) -> str:
             f"native bf16: AVX-512 BF16 or AMX). jax {m['jax']}, torch {m.get('torch', 'n/a')}, "
             f"Python {m['python']}. Load average {m['load_avg_start']:.1f} at the start, "
             f"{m['load_avg_end']:.1f} at the end; the run took {results['wall_s'] / 60:.1f} min."
-            f"\n\nOur default CPU path, as the entry points set it (bt_jax/devices.py): {path}. "
+            f"\n\nOur default CPU path, as the entry points set it (bt_jax/runtime/devices.py): {path}. "
             f"{_allocator(m)} Every job process gets its XLA_FLAGS, BT_JAX_FAST_CPU and "
             "allocator from the benchmark, none from the shell, so each row says which path it "
             "ran on.")
@@ -431,7 +431,7 @@ def _step_sections(results) -> List[str]:
                      "batch-statistics BatchNorm), and the fine-tuning recipe's step "
                      "(configs/mlfw_facenet.py: the head after Mixed_7a and the projector on the "
                      "frozen trunk's cached float16 activations, AdamW, BatchNorm on running "
-                     "statistics). PyTorch: bt_jax.torch_models.InceptionResNetV1 (whole, or "
+                     "statistics). PyTorch: bt_jax.reference.torch_models.InceptionResNetV1 (whole, or "
                      "start_after='Mixed_7a') in BarlowTwinsReference with the same projector and "
                      "optimizer. " + STEP_TEXT + "\n\n" + throughput_table(results["facenet"]))
     steps = results.get("throughput", []) + results.get("facenet", [])

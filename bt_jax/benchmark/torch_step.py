@@ -1,7 +1,7 @@
 """The same Barlow Twins step in PyTorch: the baseline our step is measured against.
 
 It follows the earlier work's code (facebookresearch/barlowtwins ``main.py``) through
-``bt_jax.torch_models``: the Caffe ResNet-50 with the same pool window as ours (or the
+``bt_jax.reference.torch_models``: the Caffe ResNet-50 with the same pool window as ours (or the
 Inception-ResNet-v1, whole or the head after a frozen trunk), the Linear/BN/ReLU
 projector, the affine-free BatchNorm and cross-correlation loss, and the recipe's
 optimizer (the reference LARS with its per-parameter loop, or AdamW with the same
@@ -17,17 +17,18 @@ import time
 import numpy as np
 import torch
 
-from bt_jax.models import parse_projector_sizes
-from bt_jax.preprocess import NORMALIZATIONS
-from bt_jax.torch_models import LARS, BarlowTwinsReference, CaffeResNet50
+from bt_jax.models.barlow import parse_projector_sizes
+from bt_jax.data.preprocess import NORMALIZATIONS
+from bt_jax.reference.torch_models import LARS, BarlowTwinsReference, CaffeResNet50
 
 
 def backbone_for(config, image_size: int):
     """(PyTorch backbone, its output features) mirroring ``config.model``."""
-    from bt_jax import torch_models, trunk
+    from bt_jax.reference import torch_models
+    from bt_jax.network import trunk
     arch = config.model.arch
     if arch == "resnet50":
-        from bt_jax.models import resnet50
+        from bt_jax.models.resnet import resnet50
         window = config.model.pool_window
         return (CaffeResNet50(num_classes=None, pool_window=window),
                 resnet50(pool_window=window).feature_dim(image_size))
@@ -68,7 +69,7 @@ class TorchStep:
 
     def __init__(self, case, *, bf16: bool = False, threads: int = 0, device: str = "cpu",
                  channels_last: bool | None = None, seed: int = 0):
-        from bt_jax import trunk
+        from bt_jax.network import trunk
         if threads:
             torch.set_num_threads(threads)
         config = case.config()
@@ -96,7 +97,7 @@ class TorchStep:
 
     def _random_views(self, config, seed: int):
         """The two views: uint8 NHWC images, or a frozen trunk's activations (NCHW)."""
-        from bt_jax import trunk
+        from bt_jax.network import trunk
         from bt_jax.benchmark.jax_step import random_inputs
         rng = np.random.default_rng(seed)
         shape = trunk.input_shape(config)

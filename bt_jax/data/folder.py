@@ -254,6 +254,3 @@ def load_images(records: Sequence[ImageRecord], image_size: int, *, progress: bo
             out[i] = pixels
     return out
 
-
-# Samplers live in bt_jax.data.pairs; re-exported so that older imports keep working.
-from bt_jax.data.pairs import PAIR_MODES, PairDataset  # noqa: E402,F401

@@ -15,13 +15,13 @@ listed apart instead of lowering the accuracy or stopping the run.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
 from bt_jax.evaluation import knn
 from bt_jax.evaluation.features import FeatureTable
-from bt_jax.evaluation.protocols import Assignment
+from bt_jax.evaluation.protocols import Assignment, first_source
 from bt_jax.evaluation.stats import bootstrap_ci
 
 VIEWS = ("full", "source_disjoint", "leaked")
@@ -140,3 +140,24 @@ class Identification:
             "unknown_identities": unknown,
             "views": views, **self.assignment.notes,
         }
+
+
+def identification_report(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                          records: Sequence, metric: str) -> Dict[str, Any]:
+    """The end-of-training check: 1-NN on the ``first_source`` split of ``records``.
+
+    ``accuracy`` is the source-disjoint accuracy (here every probe, by construction);
+    the full summary (views, interval, leak counts) is returned alongside it.
+    """
+    a = first_source(records)
+    if not a.gallery or not a.probes:
+        raise ValueError("no identity has two source photos: the 1-NN split needs at least one")
+    chosen = a.gallery + a.probes
+    index = {id(r): i for i, r in enumerate(records)}
+    features = embed(images[[index[id(r)] for r in chosen]])
+    table = FeatureTable([r.path for r in chosen], features)
+    summary = Identification(a, metric=metric).evaluate(table).summary
+    return {"accuracy": summary["accuracy"], "gallery": summary["gallery"],
+            "probes": summary["probes"], "identities": summary["identities"],
+            "ci95": summary["ci95"], "leaked_probes": summary["leaked_probes"],
+            "views": summary["views"], "headline": HEADLINE}

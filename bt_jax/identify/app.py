@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from bt_jax import identify
-from bt_jax.identify import Classifier, Gallery
+from bt_jax.identify.gallery import (Classifier, Gallery, calibrate, check_same_embedder,
+                                     embed_images, holdout_people, identify, list_enrolment)
 
 
 # The fields of embedding.preprocessing that an exported embedder's JSON carries too.
@@ -37,20 +37,20 @@ class Embedder:
 
 def network_embedder(config, *, workdir: Optional[str] = None,
                      init: Optional[str] = None, progress: bool = False) -> Embedder:
-    from bt_jax import embedding
-    from bt_jax.evaluation import network
+    from bt_jax.network import embedding
+    from bt_jax.network import embedder
 
-    loaded = network.load_weights(config, workdir=workdir, init=init)
+    loaded = embedder.load_weights(config, workdir=workdir, init=init)
     source = {"kind": "network", "config": json.loads(config.to_json()),
               "workdir": os.path.abspath(workdir) if workdir else None,
               "init": init if init in (None, "scratch") else os.path.abspath(init)}
-    return Embedder(network.NetworkEmbedder(config, loaded.variables, progress=progress),
+    return Embedder(embedder.NetworkEmbedder(config, loaded.variables, progress=progress),
                     embedding.fingerprint(config, loaded.variables),
                     embedding.preprocessing(config), source)
 
 
 def exported_embedder(folder: str) -> Embedder:
-    from bt_jax import exported
+    from bt_jax.identify import exported
 
     model = exported.load_embedder(folder)
     preprocessing = {k: model.info[k] for k in PREPROCESSING_KEYS}
@@ -81,14 +81,14 @@ def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
     ``identify_config.holdout_fraction`` a seeded share of the people is held out as
     strangers, not enrolled, and the threshold for each FPIR is calibrated on them.
     """
-    listed = identify.list_enrolment(folder)
+    listed = list_enrolment(folder)
     known = set(existing.files) if existing else set()
     if existing is not None:
-        identify.check_same_embedder(existing, embedder.fingerprint, "this model's embeddings")
-    held = identify.holdout_people({p for p, _ in listed}, identify_config.holdout_fraction,
+        check_same_embedder(existing, embedder.fingerprint, "this model's embeddings")
+    held = holdout_people({p for p, _ in listed}, identify_config.holdout_fraction,
                                    seed)
     todo = [(p, os.path.abspath(f)) for p, f in listed if os.path.abspath(f) not in known]
-    features, kept, skipped = identify.embed_images(
+    features, kept, skipped = embed_images(
         embedder, [f for _, f in todo], embedder.preprocessing)
     owner = dict((f, p) for p, f in todo)
     enrolled = [i for i, f in enumerate(kept) if owner[f] not in held]
@@ -101,7 +101,7 @@ def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
     gallery.source = embedder.source
     if held:
         strangers = [i for i, f in enumerate(kept) if owner[f] in held]
-        gallery.calibration = identify.calibrate(
+        gallery.calibration = calibrate(
             gallery, features[strangers], Classifier(identify_config.classifier,
                                                      identify_config.k),
             identify_config.fpir)
@@ -115,13 +115,13 @@ def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
 def query(embedder: Embedder, gallery: Gallery, paths: Sequence[str], *, identify_config,
           threshold: Optional[float] = None) -> tuple:
     """(rows, skipped): one row per listed identity of each readable image."""
-    identify.check_same_embedder(gallery, embedder.fingerprint, "this model's embeddings")
-    features, kept, skipped = identify.embed_images(embedder, list(paths),
+    check_same_embedder(gallery, embedder.fingerprint, "this model's embeddings")
+    features, kept, skipped = embed_images(embedder, list(paths),
                                                     gallery.preprocessing)
     if threshold is None and gallery.calibration:
         threshold = gallery.calibration["thresholds"][str(identify_config.fpir[0])]
     classifier = Classifier(identify_config.classifier, identify_config.k)
-    answers = (identify.identify(gallery, features, classifier, top_k=identify_config.top_k,
+    answers = (identify(gallery, features, classifier, top_k=identify_config.top_k,
                                  threshold=threshold) if len(kept) else [])
     rows = [{"image": path, "decision": a.decision, "rank": r + 1, "identity": name,
              "similarity": round(sim, 6)}

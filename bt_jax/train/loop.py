@@ -25,16 +25,18 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from bt_jax import (distributed, embedding, evaluators, optim, parallel, preprocess, reducers,
-                    run_config, trunk)
-from bt_jax.checkpointing import Checkpointer
-from bt_jax.embedding import network_variables  # noqa: F401  (re-exported for callers)
-from bt_jax.data import augment, folder, sources
-from bt_jax.losses import barlow_twins_loss
+from bt_jax.runtime import distributed, parallel, run_config
+from bt_jax.network import embedding, trunk
+from bt_jax.train import evaluators, optim, reducers
+from bt_jax.data import preprocess
+from bt_jax.runtime.checkpointing import Checkpointer
+from bt_jax.data import augment, sources
+from bt_jax.data.pairs import PairDataset
+from bt_jax.train.losses import barlow_twins_loss
 from bt_jax.models import inception_resnet
 from bt_jax.models.resnet import BN_EPSILON
-from bt_jax.parallel import AXIS
-from bt_jax.train_state import TrainState
+from bt_jax.runtime.parallel import AXIS
+from bt_jax.train.state import TrainState
 
 # ----------------------------------------------------------------------------------------
 # Per-device steps: pure functions of their arguments, collectives only over AXIS.
@@ -209,7 +211,7 @@ def check_config(config) -> None:
 
 class Data(NamedTuple):
     train: Any  # PairDataset or StreamingPairs (config.data.loader): steps_per_epoch(), batches()
-    val: folder.PairDataset
+    val: PairDataset
     eval_images: np.ndarray  # uint8 images (the raw-pixel baseline's input)
     eval_records: list
     eval_inputs: np.ndarray  # what the network takes: eval_images or trunk activations
@@ -233,7 +235,7 @@ def load_data(config, workdir: str) -> Data:
         train_source, eval_source = sources.hold_out(train_source, holdout, config.seed)
     evals = (val if eval_source.name == val_source.name
              else sources.preload(eval_source, size, progress=progress))
-    pairs = folder.PairDataset(*val, seed=config.seed, pair_sampler=config.data.pair_sampler)
+    pairs = PairDataset(*val, seed=config.seed, pair_sampler=config.data.pair_sampler)
     return Data(sources.train_pairs(config, train_source), pairs, evals[1], evals[0], evals[1])
 
 
@@ -256,8 +258,8 @@ def _frozen_data(config, train_source, val, eval_source) -> Data:
         eval_records, eval_images = sources.preload(eval_source, size, progress=progress)
         evals = (eval_records, eval_images, frozen.activations(eval_images, "eval")[0])
     del images
-    train = folder.PairDataset(records, acts, seed=config.seed, pair_sampler=sampler)
-    pairs = folder.PairDataset(val[0], val_acts, seed=config.seed, pair_sampler=sampler)
+    train = PairDataset(records, acts, seed=config.seed, pair_sampler=sampler)
+    pairs = PairDataset(val[0], val_acts, seed=config.seed, pair_sampler=sampler)
     return Data(train, pairs, evals[1], evals[0], evals[2])
 
 
@@ -528,7 +530,7 @@ def preflight(config, workdir: str) -> None:
     """Everything that can be checked without work, before any data is read."""
     check_workdir(workdir)
     if config.init != "scratch" and not os.path.isdir(os.path.join(config.init, "variables")):
-        from bt_jax.pretrained import HOW_TO_FIX
+        from bt_jax.weights.pretrained import HOW_TO_FIX
 
         raise FileNotFoundError(f"config.init={config.init!r}: no converted weights at "
                                 f"{os.path.join(config.init, 'variables')}.\n{HOW_TO_FIX}")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bt_jax.parallel import AXIS
+from bt_jax.runtime.parallel import AXIS
 
 # Up to this rank, unrolled Gram-Schmidt is a handful of fused vector ops; beyond it a
 # Householder QR is both cheaper and numerically safer than r^2 / 2 projections.

@@ -2,7 +2,7 @@
 
 Stand-alone: it reads only ``params`` and ``batch_stats`` of a checkpoint (a partial
 restore: no optimizer moments, no per-device PowerSGD buffers) and compiles only the
-embedding step of ``bt_jax.embedding``, the one the trainer's end-of-run check uses, so
+embedding step of ``bt_jax.network.embedding``, the one the trainer's end-of-run check uses, so
 the features are the same: backbone features by default, projector embeddings with
 ``config.eval.embedding='projector'``, on ``config.num_devices`` devices, every batch
 padded to one compiled shape and un-padded. It never imports the trainer.
@@ -16,8 +16,10 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 
-from bt_jax import embedding, parallel, preprocess, trunk
-from bt_jax.checkpointing import restore_variables
+from bt_jax.network import embedding, trunk
+from bt_jax.runtime import parallel
+from bt_jax.data import preprocess
+from bt_jax.runtime.checkpointing import restore_variables
 
 
 class Weights(NamedTuple):

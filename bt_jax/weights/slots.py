@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.models import ARCHS, Projector
+from bt_jax.models.backbones import ARCHS
+from bt_jax.models.barlow import Projector
 
 # The release's fc expects the 2048 features of a 224x224 input (7x7 map, 7x7 pool).
 FC_IMAGE_SIZE = 224

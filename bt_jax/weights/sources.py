@@ -1,4 +1,4 @@
-"""Reading the weight files ``bt_jax.convert`` understands, and writing the release's format.
+"""Reading the weight files ``bt_jax.weights.convert`` understands, and writing the release's format.
 
 * the VGGFace2 release pickle (``resnet50_ft_weight.pkl``, ``resnet50_scratch_weight.pkl``):
   a plain pickle of ``{PyTorch name: numpy array}``, read with ``encoding='latin1'`` by an
@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from bt_jax import convert_facenet
+from bt_jax.weights import facenet
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 GRAPH_SUFFIXES = (".pb",)
@@ -44,7 +44,7 @@ def source_kind(path: str) -> str:
         return "pickle"
     if suffix in TORCH_SUFFIXES:
         return "torch"
-    if suffix in GRAPH_SUFFIXES or convert_facenet.is_graphdef(path):
+    if suffix in GRAPH_SUFFIXES or facenet.is_graphdef(path):
         return "graph"
     raise ValueError(f"--source {path!r}: unknown file type {suffix!r}; name the VGGFace2 "
                      f"pickle *.pkl, a PyTorch checkpoint *.pth and a FaceNet frozen graph "

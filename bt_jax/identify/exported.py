@@ -1,12 +1,12 @@
 """Load an exported embedder: uint8 face crops in, float32 embeddings out, nothing else.
 
-``bt_jax.export.export_embedder`` (or ``scripts/export.py``) writes a folder holding
+``bt_jax.identify.export.export_embedder`` (or ``scripts/export.py``) writes a folder holding
 ``embedder.bin``, a serialized ``jax.export`` function with the weights inside it, and
 ``embedder.json``, its input contract and fingerprint. This module reads that folder with
 jax, numpy, json and os only: no model code, no flax, no config, so a deployment needs
 neither this project's training stack nor its version of the model classes.
 
-    from bt_jax.exported import load_embedder
+    from bt_jax.identify.exported import load_embedder
     embed = load_embedder("exports/mlfw")
     features = embed(crops)  # uint8 (N, embed.image_size, embed.image_size, 3)
 

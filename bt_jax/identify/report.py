@@ -19,10 +19,9 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from bt_jax import identify
 from bt_jax.evaluation import protocols
 from bt_jax.evaluation.stats import bootstrap_ci
-from bt_jax.identify import Classifier, Gallery
+from bt_jax.identify.gallery import CLASSIFIERS, Classifier, Gallery, calibrate, embed_images, identify
 
 
 def _gallery(features, index, chosen, embedder) -> Gallery:
@@ -42,7 +41,7 @@ def closed_set(features, records, embedder, classifiers: Sequence[Classifier], *
            "gallery_people": len(gallery.people), "probes": len(a.probes),
            "people_with_2_gallery_photos": _two_photo_people(a.gallery), "classifiers": {}}
     for c in classifiers:
-        named = np.asarray([x.identities[0] for x in identify.identify(gallery, probes, c,
+        named = np.asarray([x.identities[0] for x in identify(gallery, probes, c,
                                                                         top_k=1)])
         correct = (named == truth).astype(np.float64)
         lo, hi = bootstrap_ci(correct, truth, samples=samples, seed=seed)
@@ -74,11 +73,11 @@ def open_set(features, records, embedder, classifier: Classifier, fpirs: Sequenc
 
     def stranger_rows(people):  # a stranger's masked images, as probes would be
         return [index[id(r)] for r in records if r.identity in people and r.masked is not False]
-    calibrated = identify.calibrate(gallery, features[stranger_rows(calibration)], classifier,
+    calibrated = calibrate(gallery, features[stranger_rows(calibration)], classifier,
                                     fpirs)
-    mated = identify.identify(gallery, features[[index[id(r)] for r in a.probes]], classifier,
+    mated = identify(gallery, features[[index[id(r)] for r in a.probes]], classifier,
                               top_k=1)
-    tests = identify.identify(gallery, features[stranger_rows(test)], classifier, top_k=1)
+    tests = identify(gallery, features[stranger_rows(test)], classifier, top_k=1)
     truth = [r.identity for r in a.probes]
     rates = {}
     for f in fpirs:
@@ -97,10 +96,10 @@ def open_set(features, records, embedder, classifier: Classifier, fpirs: Sequenc
 def report(embedder, records, identify_config, *, seed: int) -> Dict[str, Any]:
     """Embed ``records`` (aligned crops) once, then the closed- and open-set measurements."""
     paths = [r.path for r in records]
-    features, kept, skipped = identify.embed_images(embedder, paths, embedder.preprocessing)
+    features, kept, skipped = embed_images(embedder, paths, embedder.preprocessing)
     kept_set = set(kept)
     records = [r for r in records if r.path in kept_set]
-    classifiers = [Classifier(name, identify_config.k) for name in identify.CLASSIFIERS]
+    classifiers = [Classifier(name, identify_config.k) for name in CLASSIFIERS]
     return {"images": len(records), "skipped": skipped,
             "closed_set": closed_set(features, records, embedder, classifiers, seed=seed),
             "open_set": {c.name: open_set(features, records, embedder, c,

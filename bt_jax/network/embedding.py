@@ -16,10 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import distributed, parallel, preprocess, trunk
-from bt_jax.models import ARCHS, BarlowTwins, Projector, create_backbone, parse_projector_sizes
-from bt_jax.parallel import AXIS
-from bt_jax.pretrained import load_pretrained
+from bt_jax.runtime import distributed, parallel
+from bt_jax.data import preprocess
+from bt_jax.network import trunk
+from bt_jax.models.backbones import ARCHS, create_backbone
+from bt_jax.models.barlow import BarlowTwins, Projector, parse_projector_sizes
+from bt_jax.runtime.parallel import AXIS
+from bt_jax.weights.pretrained import load_pretrained
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

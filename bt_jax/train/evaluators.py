@@ -14,7 +14,10 @@ from typing import Any, Callable, Dict, List, NamedTuple
 
 import numpy as np
 
-from bt_jax import distributed, embedding, evaluation, parallel
+from bt_jax.runtime import distributed, parallel
+from bt_jax.network import embedding
+from bt_jax.evaluation.features import raw_pixels
+from bt_jax.evaluation.identification import identification_report
 from bt_jax.data.pairs import device_layout
 
 SCHEDULE_POINTS = ("", "start", "end")
@@ -30,7 +33,7 @@ class Identification:
         def features(inputs):
             return embedding.compute_embeddings(
                 self.embed, embedding.network_variables(state), inputs, self.config)
-        return evaluation.identification_report(features, self.inputs, self.records,
+        return identification_report(features, self.inputs, self.records,
                                                 self.config.eval.metric)
 
 
@@ -42,7 +45,7 @@ class RawPixels:
 
     def run(self, state) -> Dict[str, Any]:
         del state
-        return evaluation.identification_report(evaluation.raw_pixels, self.images,
+        return identification_report(raw_pixels, self.images,
                                                 self.records, self.metric)
 
 

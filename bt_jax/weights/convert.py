@@ -1,16 +1,16 @@
 """Convert PyTorch weights of the VGGFace2 ResNet (or an earlier Barlow Twins run), or a
 FaceNet frozen graph, to Flax.
 
-Three sources are understood (read by ``bt_jax.convert_sources``):
+Three sources are understood (read by ``bt_jax.weights.sources``):
 
 * the VGGFace2 release pickle (``resnet50_ft_weight.pkl``, ``resnet50_scratch_weight.pkl``);
 * a ``.pth`` checkpoint of the earlier PyTorch Barlow Twins model: ``{'model': state_dict}``
   with ``backbone.*``, ``projector.*`` and the loss's affine-free ``bn.*``;
-* a FaceNet frozen TensorFlow graph (``bt_jax.convert_facenet``).
+* a FaceNet frozen TensorFlow graph (``bt_jax.weights.facenet``).
 
-Each PyTorch entry is matched to its Flax leaf and checked by ``bt_jax.convert_slots``.
+Each PyTorch entry is matched to its Flax leaf and checked by ``bt_jax.weights.slots``.
 This module runs the conversion, records it in a manifest and saves it: the output folder
-is what :func:`bt_jax.pretrained.load_pretrained` reads, ``variables/`` (orbax) and
+is what :func:`bt_jax.weights.pretrained.load_pretrained` reads, ``variables/`` (orbax) and
 ``manifest.json``.
 """
 
@@ -28,13 +28,12 @@ import jax
 import numpy as np
 
 import bt_jax
-from bt_jax import convert_facenet
-from bt_jax.convert_slots import (check_keys, check_shapes, checked_float32, fill,
-                                  projector_layout, split_extras, target_slots)
-from bt_jax.convert_sources import read_torch_checkpoint, read_vggface2_pickle, source_kind
-from bt_jax.preprocess import NORMALIZATIONS
+from bt_jax.weights import facenet
+from bt_jax.weights.slots import (check_keys, check_shapes, checked_float32, fill, projector_layout, split_extras, target_slots)
+from bt_jax.weights.sources import read_torch_checkpoint, read_vggface2_pickle, source_kind
+from bt_jax.data.preprocess import NORMALIZATIONS
 
-# The preprocessing each source was trained with (presets of bt_jax.preprocess): the
+# The preprocessing each source was trained with (presets of bt_jax.data.preprocess): the
 # release's Caffe inputs, and the earlier Barlow Twins work's MLFW statistics.
 DEFAULT_NORMALIZATION = {"release": "vggface2", "barlow": "mlfw", "graph": "facenet"}
 # The backbone each kind of source converts to when --arch is not given.
@@ -75,7 +74,7 @@ def convert(source: str, arch: Optional[str] = None, keep_fc: bool = False,
     arch = arch or DEFAULT_ARCH[kind]
     if kind == "graph":
         return _convert_graph(source, arch, keep_fc, normalization)
-    if arch in convert_facenet.FACENET_ARCHS:
+    if arch in facenet.FACENET_ARCHS:
         raise ValueError(f"--arch={arch} converts from a FaceNet frozen graph (*.pb); "
                          f"{source} is a {kind} file of a ResNet.")
     state = read_vggface2_pickle(source) if kind == "pickle" else read_torch_checkpoint(source)
@@ -101,7 +100,7 @@ def _convert_graph(source: str, arch: str, keep_fc: bool,
                    normalization: Optional[str]) -> Conversion:
     if keep_fc:
         raise ValueError(f"--keep_fc: {source} is a FaceNet graph, which has no classifier.")
-    variables, details = convert_facenet.convert_graph(source, arch)
+    variables, details = facenet.convert_graph(source, arch)
     variables = jax.tree_util.tree_map_with_path(
         lambda p, a: checked_float32(a, jax.tree_util.keystr(p), source), variables)
     normalization = _normalization(normalization, kind="graph")

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import facenet_weights, preprocess
-from bt_jax.models import InceptionResNetV1, create_backbone
+from bt_jax.weights import download
+from bt_jax.data import preprocess
+from bt_jax.models.inception_resnet import InceptionResNetV1
+from bt_jax.models.backbones import create_backbone
 
 INCEPTION_ARCHS = ("inception_resnet_v1", "tiny_inception")
 
@@ -67,7 +69,7 @@ def trunk_model(config) -> InceptionResNetV1:
 
 def trunk_variables(config) -> Dict[str, Any]:
     """The trunk's params and batch_stats from the converted weights of ``config.init``."""
-    from bt_jax.pretrained import read_converted
+    from bt_jax.weights.pretrained import read_converted
 
     loaded = read_converted(config.init)
     model = trunk_model(config)
@@ -119,7 +121,7 @@ class Trunk:
         self.config, self.progress = config, progress
         self.model = trunk_model(config)
         self.variables = trunk_variables(config)
-        root = cache_dir or config.data.get("trunk_cache_dir") or facenet_weights.cache_dir()
+        root = cache_dir or config.data.get("trunk_cache_dir") or download.cache_dir()
         self.cache_dir = os.path.join(root, "trunk")
         # One image batch split over the local devices: on a CPU with simulated devices
         # that is what keeps every core busy.

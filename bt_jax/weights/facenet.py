@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax import graphdef
-from bt_jax.models import ARCHS
+from bt_jax.weights import graphdef
+from bt_jax.models.backbones import ARCHS
 from bt_jax.models.inception_resnet import BN_EPSILON, InceptionResNetV1
 
 SCOPE = "InceptionResnetV1/"

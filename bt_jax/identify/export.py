@@ -5,7 +5,7 @@ uint8 aligned face crops (N, S, S, 3) -> float32 embeddings (N, D), not L2-norma
 backbone features or projector embeddings as ``config.eval.embedding`` says, with the
 frozen trunk in front when the config has one. The weights are constants of the
 function, and the batch dimension is symbolic, so the artifact alone embeds any N on any
-of its platforms. ``bt_jax.exported.load_embedder`` reads it back without this module's
+of its platforms. ``bt_jax.identify.exported.load_embedder`` reads it back without this module's
 imports (model code, flax).
 """
 
@@ -21,8 +21,9 @@ from typing import Any, Callable, Dict, Sequence
 import jax
 import jax.numpy as jnp
 
-from bt_jax import embedding, preprocess, trunk
-from bt_jax.exported import FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE, load_embedder
+from bt_jax.network import embedding, trunk
+from bt_jax.data import preprocess
+from bt_jax.identify.exported import (FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE, load_embedder)
 
 __all__ = ["export_embedder", "embed_function", "load_embedder"]
 

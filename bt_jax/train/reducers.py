@@ -1,7 +1,7 @@
 """Gradient reducers: how per-device gradients become the one applied gradient.
 
 A reducer is an ``optax.GradientTransformation`` whose ``update`` runs inside the
-per-device step and communicates over ``bt_jax.parallel.AXIS``. Its state is a
+per-device step and communicates over ``bt_jax.runtime.parallel.AXIS``. Its state is a
 NamedTuple kept in the TrainState, so it is checkpointed and resumed with the rest.
 """
 
@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import optax
 
-from bt_jax.parallel import AXIS
-from bt_jax.powersgd import compression_stats, powersgd
+from bt_jax.runtime.parallel import AXIS
+from bt_jax.train.powersgd import compression_stats, powersgd
 
 
 class ExactMeanState(NamedTuple):
