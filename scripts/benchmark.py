@@ -13,116 +13,123 @@ flags to every job). See bt_jax/benchmark/ for what each section measures.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shlex
 import sys
 
+from absl import app, flags
+
 from bt_jax.benchmark import plan, report
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
 
 
-def _ints(text: str):
-    return tuple(int(x) for x in text.split(",") if x)
+class _TupleParser(flags.ListParser):
+    """A comma list as a tuple (empty items dropped): of ``item``, from ``allowed`` if set."""
 
+    def __init__(self, item=str, allowed=None):
+        super().__init__()
+        self._item, self._allowed = item, allowed
 
-def _words(text: str):
-    return tuple(x for x in text.split(",") if x)
-
-
-def _choices(allowed):
-    def parse(text: str):
-        words = _words(text)
-        bad = [w for w in words if w not in allowed]
+    def parse(self, argument):
+        if isinstance(argument, tuple):
+            return argument
+        values = tuple(self._item(w) for w in super().parse(argument) if w)
+        bad = [v for v in values if self._allowed is not None and v not in self._allowed]
         if bad:
-            raise argparse.ArgumentTypeError(f"{bad} not in {allowed}")
-        return words
-    return parse
+            raise ValueError(f"{bad} not in {self._allowed}")
+        return values
+
+    def flag_type(self) -> str:
+        return f"comma separated list of {self._item.__name__}"
 
 
-def _add_step_options(p, d) -> None:
-    p.add_argument("--sections", type=_words, default=d.sections,
-                   help="comma list of throughput,facenet,powersgd,scaling,pipeline")
-    p.add_argument("--sizes", type=_ints, default=d.sizes, help="image sizes; levers at the first")
-    p.add_argument("--batches", type=_ints, default=d.batches, help="pairs per step, one per size")
-    p.add_argument("--projector", default=d.projector)
-    p.add_argument("--arch", default=d.arch, help="'resnet50', or 'tiny' for a smoke test")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="timed steps per runner")
-    p.add_argument("--levers", type=_choices(plan.LEVERS), default=d.levers,
-                   help=f"subset of {plan.LEVERS}; 'ynn': also time our step with ynn off; "
-                        "'malloc': also with the C library's malloc instead of tcmalloc; "
-                        "'fused' (0.99x on the reference CPU) and 'nodonate' cost a compile each")
-    p.add_argument("--bf16", choices=("auto", "on", "off"), default=d.bf16,
-                   help="bf16 runners (ours bf16, PyTorch bf16 autocast); auto: where the CPU "
-                        "has AVX-512 BF16 or AMX")
-    p.add_argument("--torch_bf16_rounds", type=int, default=d.torch_bf16_rounds,
-                   help="at most this many timed PyTorch bf16 autocast steps (0: --rounds)")
-    p.add_argument("--threads", type=int, default=d.threads, help="PyTorch threads (0: cores)")
-    p.add_argument("--platform", choices=("cpu", "gpu"), default=d.platform)
-    p.add_argument("--xla_flags", default=d.xla_flags,
-                   help="more XLA flags for every job (the shell's XLA_FLAGS are ignored)")
-    p.add_argument("--facenet_steps", type=_choices(plan.FACENET_STEPS), default=d.facenet_steps)
-    p.add_argument("--facenet_batch", type=int, default=d.facenet_batch,
-                   help="pairs, whole Inception-ResNet-v1 step")
-    p.add_argument("--trunk_batch", type=int, default=d.trunk_batch,
-                   help="pairs, cached-trunk step")
-    p.add_argument("--facenet_ynn_off", type=_choices(plan.FACENET_STEPS),
-                   default=d.facenet_ynn_off, help="FaceNet steps also timed with ynn off")
-    p.add_argument("--facenet_arch", default=d.facenet_arch,
-                   help="'' : the recipe's; 'tiny_inception' for a smoke test")
-    p.add_argument("--facenet_size", type=int, default=d.facenet_size,
-                   help="0: the recipe's (160); the tiny variant needs >= 75")
+def _define_tuple(name, default, help, item=str, allowed=None) -> None:
+    flags.DEFINE(_TupleParser(item, allowed), name, tuple(default), help,
+                 serializer=flags.CsvListSerializer(","))
 
 
-def _add_other_options(p, d) -> None:
-    p.add_argument("--scaling_size", type=int, default=d.scaling_size)
-    p.add_argument("--scaling_batch", type=int, default=d.scaling_batch)
-    p.add_argument("--scaling_projector", default=d.scaling_projector)
-    p.add_argument("--scaling_devices", type=_ints, default=d.scaling_devices)
-    p.add_argument("--scaling_rounds", type=int, default=d.scaling_rounds)
-    p.add_argument("--powersgd_ranks", type=_ints, default=d.powersgd_ranks)
-    p.add_argument("--powersgd_step_rank", type=int, default=d.powersgd_step_rank,
-                   help="PowerSGD rank whose step is timed against exact; 0: none")
-    p.add_argument("--powersgd_size", type=int, default=d.powersgd_size)
-    p.add_argument("--powersgd_devices", type=int, default=d.powersgd_devices,
-                   help="simulated devices of the exact-vs-PowerSGD step; 0: no step")
-    p.add_argument("--powersgd_batch", type=int, default=d.powersgd_batch, help="pairs per device")
-    p.add_argument("--powersgd_rounds", type=int, default=d.powersgd_rounds)
-    p.add_argument("--data_dir", default=d.data_dir, help="MLFW root (default ../shared/data/mlfw)")
-    p.add_argument("--pipeline_batch", type=int, default=d.pipeline_batch)
-    p.add_argument("--pipeline_batches", type=int, default=d.pipeline_batches)
-    p.add_argument("--job_timeout_s", type=float, default=d.job_timeout_s,
-                   help="give up on a job (one process) after this many seconds")
-    p.add_argument("--gpu_result", default="", help="a gpu_bench.sh JSON: its throughput row "
-                   "replaces the assumed GPU compute time of the 8-GPU model")
+def _define_step_options(d) -> None:
+    _define_tuple("sections", d.sections,
+                  "comma list of throughput,facenet,powersgd,scaling,pipeline")
+    _define_tuple("sizes", d.sizes, "image sizes; levers at the first", int)
+    _define_tuple("batches", d.batches, "pairs per step, one per size", int)
+    flags.DEFINE_string("projector", d.projector, None)
+    flags.DEFINE_string("arch", d.arch, "'resnet50', or 'tiny' for a smoke test")
+    flags.DEFINE_integer("rounds", d.rounds, "timed steps per runner")
+    _define_tuple("levers", d.levers,
+                  f"subset of {plan.LEVERS}; 'ynn': also time our step with ynn off; "
+                  "'malloc': also with the C library's malloc instead of tcmalloc; "
+                  "'fused' (0.99x on the reference CPU) and 'nodonate' cost a compile each",
+                  allowed=plan.LEVERS)
+    flags.DEFINE_enum("bf16", d.bf16, ("auto", "on", "off"),
+                      "bf16 runners (ours bf16, PyTorch bf16 autocast); auto: where the CPU "
+                      "has AVX-512 BF16 or AMX")
+    flags.DEFINE_integer("torch_bf16_rounds", d.torch_bf16_rounds,
+                         "at most this many timed PyTorch bf16 autocast steps (0: --rounds)")
+    flags.DEFINE_integer("threads", d.threads, "PyTorch threads (0: cores)")
+    flags.DEFINE_enum("platform", d.platform, ("cpu", "gpu"), None)
+    flags.DEFINE_string("xla_flags", d.xla_flags,
+                        "more XLA flags for every job (the shell's XLA_FLAGS are ignored)")
+    _define_tuple("facenet_steps", d.facenet_steps, None, allowed=plan.FACENET_STEPS)
+    flags.DEFINE_integer("facenet_batch", d.facenet_batch,
+                         "pairs, whole Inception-ResNet-v1 step")
+    flags.DEFINE_integer("trunk_batch", d.trunk_batch, "pairs, cached-trunk step")
+    _define_tuple("facenet_ynn_off", d.facenet_ynn_off, "FaceNet steps also timed with ynn off",
+                  allowed=plan.FACENET_STEPS)
+    flags.DEFINE_string("facenet_arch", d.facenet_arch,
+                        "'' : the recipe's; 'tiny_inception' for a smoke test")
+    flags.DEFINE_integer("facenet_size", d.facenet_size,
+                         "0: the recipe's (160); the tiny variant needs >= 75")
 
 
-def parse(argv) -> argparse.Namespace:
-    d = plan.Options()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _add_step_options(p, d)
-    _add_other_options(p, d)
-    p.add_argument("--quick", action="store_true", help=plan.quick.__doc__.split(".")[0])
-    p.add_argument("--estimate", action="store_true", help="print the time estimate and stop")
-    p.add_argument("--render", default="", help="only rebuild the markdown from this JSON")
-    p.add_argument("--json", default=os.path.join(_REPO, "docs", "benchmarks.json"))
-    p.add_argument("--md", default=os.path.join(_REPO, "docs", "benchmarks.md"),
-                   help="markdown output; '' prints only")
-    return p.parse_args(argv)
+def _define_other_options(d) -> None:
+    flags.DEFINE_integer("scaling_size", d.scaling_size, None)
+    flags.DEFINE_integer("scaling_batch", d.scaling_batch, None)
+    flags.DEFINE_string("scaling_projector", d.scaling_projector, None)
+    _define_tuple("scaling_devices", d.scaling_devices, None, int)
+    flags.DEFINE_integer("scaling_rounds", d.scaling_rounds, None)
+    _define_tuple("powersgd_ranks", d.powersgd_ranks, None, int)
+    flags.DEFINE_integer("powersgd_step_rank", d.powersgd_step_rank,
+                         "PowerSGD rank whose step is timed against exact; 0: none")
+    flags.DEFINE_integer("powersgd_size", d.powersgd_size, None)
+    flags.DEFINE_integer("powersgd_devices", d.powersgd_devices,
+                         "simulated devices of the exact-vs-PowerSGD step; 0: no step")
+    flags.DEFINE_integer("powersgd_batch", d.powersgd_batch, "pairs per device")
+    flags.DEFINE_integer("powersgd_rounds", d.powersgd_rounds, None)
+    flags.DEFINE_string("data_dir", d.data_dir, "MLFW root (default ../shared/data/mlfw)")
+    flags.DEFINE_integer("pipeline_batch", d.pipeline_batch, None)
+    flags.DEFINE_integer("pipeline_batches", d.pipeline_batches, None)
+    flags.DEFINE_float("job_timeout_s", d.job_timeout_s,
+                       "give up on a job (one process) after this many seconds")
+    flags.DEFINE_string("gpu_result", "", "a gpu_bench.sh JSON: its throughput row "
+                        "replaces the assumed GPU compute time of the 8-GPU model")
 
 
-def options_from(args) -> plan.Options:
-    fields = {f: getattr(args, f) for f in plan.Options.__dataclass_fields__ if hasattr(args, f)}
-    options = plan.Options(**{k: v for k, v in fields.items() if k != "gpu_result"})
-    if args.quick:
+_define_step_options(plan.Options())
+_define_other_options(plan.Options())
+flags.DEFINE_bool("quick", False, plan.quick.__doc__.split(".")[0])
+flags.DEFINE_bool("estimate", False, "print the time estimate and stop")
+flags.DEFINE_string("render", "", "only rebuild the markdown from this JSON")
+flags.DEFINE_string("json", os.path.join(_REPO, "docs", "benchmarks.json"), None)
+flags.DEFINE_string("md", os.path.join(_REPO, "docs", "benchmarks.md"),
+                    "markdown output; '' prints only")
+
+
+def options_from(values=FLAGS) -> plan.Options:
+    fields = {f: values[f].value for f in plan.Options.__dataclass_fields__
+              if f in values and f != "gpu_result"}
+    options = plan.Options(**fields)
+    if values.quick:
         options = plan.quick(options)
     if len(options.batches) != len(options.sizes):
-        raise SystemExit(f"--batches {options.batches} needs one batch per size {options.sizes}")
-    if args.gpu_result:
-        with open(args.gpu_result) as f:
+        raise app.UsageError(
+            f"--batches {options.batches} needs one batch per size {options.sizes}")
+    if values.gpu_result:
+        with open(values.gpu_result) as f:
             options.gpu_result = json.load(f)["throughput"][0]
     return options
 
@@ -138,23 +145,25 @@ def print_estimate(options: plan.Options) -> None:
 
 
 def main(argv) -> None:
-    args = parse(argv)
-    if args.render:
-        with open(args.render) as f:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag")
+    out_json = FLAGS.json
+    if FLAGS.render:
+        with open(FLAGS.render) as f:
             results = json.load(f)
-        args.json = ""  # the JSON is the input: leave it as it is
-    elif args.estimate:
-        options = options_from(args)
+        out_json = ""  # the JSON is the input: leave it as it is
+    elif FLAGS.estimate:
+        options = options_from()
         print_estimate(dataclasses.replace(options, fast_cpu_default=plan.probe_fast_cpu(),
                                            malloc_default=plan.probe_malloc()))
         return
     else:
-        results = plan.run_all(options_from(args))
+        results = plan.run_all(options_from())
         results["command"] = ("python scripts/benchmark.py " + " ".join(
-            shlex.quote(a) for a in argv)).strip()
+            shlex.quote(a) for a in sys.argv[1:])).strip()
     markdown = report.render(results, results.get("command", "python scripts/benchmark.py"))
     print(markdown)
-    for path, text in ((args.json, json.dumps(results, indent=1)), (args.md, markdown)):
+    for path, text in ((out_json, json.dumps(results, indent=1)), (FLAGS.md, markdown)):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "w") as f:
@@ -162,4 +171,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    app.run(main)

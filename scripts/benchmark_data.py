@@ -27,7 +27,10 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from bt_jax.runtime import parallel  # noqa: E402
-from bt_jax.train import reducers, loop
+from bt_jax.train import reducers  # noqa: E402
+from bt_jax.train.optim import make_optimizer  # noqa: E402
+from bt_jax.train.state import initial_state  # noqa: E402
+from bt_jax.train.step import compile_steps  # noqa: E402
 from bt_jax.benchmark.measure import pipeline_rate  # noqa: E402
 from bt_jax.config import base_config  # noqa: E402
 from bt_jax.data import sources  # noqa: E402
@@ -70,10 +73,10 @@ def _config(size: int):
 def step_rates(config, stream: StreamingPairs) -> tuple[float, float]:
     """(images/s of the step on a fixed device batch, images/s fed by the pipeline)."""
     mesh = parallel.device_mesh(config.num_devices)
-    tx, _ = loop.make_optimizer(config, steps_per_epoch=100)
+    tx, _ = make_optimizer(config, steps_per_epoch=100)
     reducer = reducers.make_reducer(config)
-    steps = loop.compile_steps(config, tx, reducer)
-    state = parallel.replicate(loop.initial_state(config, tx, reducer), mesh)
+    steps = compile_steps(config, tx, reducer)
+    state = parallel.replicate(initial_state(config, tx, reducer), mesh)
     feed = parallel.prefetch_to_devices(
         stream.batches(0, config.optim.batch_size, devices=mesh.devices.size), mesh,
         config.data.prefetch)

@@ -4,7 +4,7 @@
   python scripts/benchmark_powersgd.py --arch tiny --image_size 64 --projector 512-512 \\
       --batch 128 --json runs/bench_tiny.json
 
-Both reducers run the full Barlow Twins step (``bt_jax.train.loop.train_step``: forward,
+Both reducers run the full Barlow Twins step (``bt_jax.train.step.train_step``: forward,
 backward, reducer, LARS) under pmap over 8 simulated CPU devices. After warm-up the
 steps alternate between the two (the order flips every round), so a slow patch on a
 shared machine hits both; the reported figure is the ratio of the medians.
@@ -25,7 +25,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from bt_jax.runtime import parallel  # noqa: E402
-from bt_jax.train import reducers, loop
+from bt_jax.train import reducers  # noqa: E402
+from bt_jax.train.optim import make_optimizer  # noqa: E402
+from bt_jax.train.state import initial_state  # noqa: E402
+from bt_jax.train.step import compile_steps  # noqa: E402
 from bt_jax.data.pairs import device_layout  # noqa: E402
 from bt_jax.config import base_config  # noqa: E402
 from bt_jax.train.powersgd import compression_stats  # noqa: E402
@@ -61,10 +64,10 @@ def _config(reducer: str):
 def _runner(reducer: str, mesh):
     """(one-step callable on fixed views, compile seconds, the host params)."""
     config = _config(reducer)
-    tx, _ = loop.make_optimizer(config, steps_per_epoch=10)
+    tx, _ = make_optimizer(config, steps_per_epoch=10)
     red = reducers.make_reducer(config)
-    steps = loop.compile_steps(config, tx, red)
-    host = loop.initial_state(config, tx, red)
+    steps = compile_steps(config, tx, red)
+    host = initial_state(config, tx, red)
     state = {"s": parallel.replicate(host, mesh)}
     rng = np.random.default_rng(0)  # the same batch for both reducers
     shape = (config.optim.batch_size, config.data.image_size, config.data.image_size, 3)

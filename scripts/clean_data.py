@@ -21,6 +21,9 @@ from absl import app, flags
 from bt_jax.data import cleaning, release
 from bt_jax.data.exclusions import write_exclusions
 from bt_jax.data.folder import scan_folder
+from bt_jax.runtime.logs import quiet
+
+quiet()  # warnings (a folder's skipped identities) on one line each, as the other scripts
 
 _OUT = flags.DEFINE_string("out", None, "Write the exclusion list here.")
 _JSON = flags.DEFINE_string("json", None, "Also write the counts here as JSON.")

@@ -61,7 +61,7 @@ def _check_args(config) -> None:
 
 
 def _export(config) -> dict:
-    from bt_jax.identify import export
+    from bt_jax.identify import export, exported
     from bt_jax.network import embedder
 
     loaded = embedder.load_weights(config, workdir=_WORKDIR.value, init=_INIT.value)
@@ -70,7 +70,7 @@ def _export(config) -> dict:
         config.init = _INIT.value  # a frozen trunk reads its weights from config.init
     export.export_embedder(config, loaded.variables, _OUT.value, platforms=_PLATFORMS.value,
                            overwrite=_OVERWRITE.value)
-    return export.load_embedder(_OUT.value).info
+    return exported.load_embedder(_OUT.value).info
 
 
 def main(argv):

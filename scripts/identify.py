@@ -33,7 +33,8 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bt_jax.identify import app  # noqa: E402
+from bt_jax.identify.app import (enrol, exported_embedder, network_embedder, query,  # noqa: E402
+                                 rebuild_embedder, write_rows)
 from bt_jax.identify.gallery import Gallery, list_queries  # noqa: E402
 
 COMMANDS = ("enrol", "query", "report")
@@ -59,10 +60,10 @@ def _embedder(config):
     if _EXPORTED.value:
         if _WORKDIR.value or _INIT.value:
             raise ValueError("--exported embeds on its own: drop --workdir/--init.")
-        return app.exported_embedder(_EXPORTED.value)
+        return exported_embedder(_EXPORTED.value)
     if config is None:
         raise ValueError("name the model: --config with --workdir or --init, or --exported.")
-    return app.network_embedder(config, workdir=_WORKDIR.value, init=_INIT.value,
+    return network_embedder(config, workdir=_WORKDIR.value, init=_INIT.value,
                                          progress=True)
 
 
@@ -72,7 +73,7 @@ def _settings(config):
     return (config or base_config()).identify, (config or base_config()).seed
 
 
-def enrol(config) -> None:
+def run_enrol(config) -> None:
     if not _IMAGES.value or not _OUT.value:
         raise ValueError("enrol needs --images (a folder of <identity>/<image>) and --out.")
     existing = Gallery.load(_OUT.value) if _ADD.value else None
@@ -80,7 +81,7 @@ def enrol(config) -> None:
         raise ValueError(f"{_OUT.value} exists: pass --add to add people to it, or another "
                          "--out.")
     settings, seed = _settings(config)
-    gallery, skipped, held = app.enrol(_embedder(config), _IMAGES.value,
+    gallery, skipped, held = enrol(_embedder(config), _IMAGES.value,
                                                 identify_config=settings, seed=seed,
                                                 existing=existing)
     _report_skipped(skipped)
@@ -94,15 +95,15 @@ def enrol(config) -> None:
               + ", ".join(f"FPIR {f}: {t:.4f}" for f, t in c["thresholds"].items()))
 
 
-def query(config, paths) -> None:
+def run_query(config, paths) -> None:
     if not _GALLERY.value:
         raise ValueError("query needs --gallery (from `identify.py enrol`) and image paths.")
     gallery = Gallery.load(_GALLERY.value)
     images = list_queries(paths)
     embedder = (_embedder(config) if _EXPORTED.value or config is not None
-                else app.rebuild_embedder(gallery.source))
+                else rebuild_embedder(gallery.source))
     settings, _ = _settings(config)
-    rows, skipped, threshold = app.query(embedder, gallery, images,
+    rows, skipped, threshold = query(embedder, gallery, images,
                                                   identify_config=settings,
                                                   threshold=_THRESHOLD.value)
     _report_skipped(skipped)
@@ -113,7 +114,7 @@ def query(config, paths) -> None:
     if _OUT.value:
         meta = {"gallery": _GALLERY.value, "threshold": threshold,
                 "classifier": settings.classifier, "skipped": skipped}
-        print("wrote " + ", ".join(app.write_rows(rows, _OUT.value, meta)))
+        print("wrote " + ", ".join(write_rows(rows, _OUT.value, meta)))
 
 
 def report(config) -> None:
@@ -148,9 +149,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {rest}")
     try:
         if command == "enrol":
-            enrol(_CONFIG.value)
+            run_enrol(_CONFIG.value)
         elif command == "query":
-            query(_CONFIG.value, rest)
+            run_query(_CONFIG.value, rest)
         else:
             report(_CONFIG.value)
     except (ValueError, FileNotFoundError) as e:

@@ -22,7 +22,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.runtime.checkpointing import CheckpointWriteError  # noqa: E402
-from bt_jax.train.loop import (INTERRUPTED_EXIT_CODE, Preempted, format_results, train_and_evaluate)  # noqa: E402
+from bt_jax.runtime.preemption import INTERRUPTED_EXIT_CODE, Preempted  # noqa: E402
+from bt_jax.train.loop import format_results, train_and_evaluate  # noqa: E402
 
 define_set_up_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",

@@ -68,6 +68,31 @@ def tiny():
     return tiny_config()
 
 
+# Generated face folders (bt_jax.data.synthetic): SMALL is the folder the data tests read
+# (6 identities x 3 photos x 3 variants at 32 px, the masked ones listed in masked.txt).
+SMALL = dict(num_identities=6, sources_per_identity=3, masked_variants=2, image_size=32,
+             progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_faces(tmp_path_factory):
+    """``synthetic_faces(name, **settings)`` writes a new synthetic face folder under a
+    fresh temporary ``name`` folder (no progress bar) and returns its path."""
+    from bt_jax.data import synthetic
+
+    def write(name, **settings):
+        return synthetic.write_synthetic_dataset(tmp_path_factory.mktemp(name),
+                                                 **{"progress": False, **settings})
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def synth(synthetic_faces):
+    """The SMALL folder, written once per test file."""
+    return synthetic_faces("synth", **SMALL)
+
+
 class CompileCounter:
     """Counts XLA backend compilations while active: a guard against silent retracing."""
 

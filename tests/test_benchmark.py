@@ -23,6 +23,7 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_fused_views_step_equals_train_step():
     plain = JaxStep(TINY, Variant())
     fused = JaxStep(TINY, Variant(fused=True), host_state=plain.host_state)
@@ -81,14 +82,40 @@ def test_config_without_ml_collections():
     """The GPU machines may lack ml_collections: the stand-in must carry the step."""
     code = ("import sys; sys.modules['ml_collections'] = None\n"
             "from bt_jax.benchmark.cases import Case\n"
-            "from bt_jax import reducers, train\n"
+            "from bt_jax.train import reducers\n"
+            "from bt_jax.train.optim import make_optimizer\n"
             "c = Case(reducer='powersgd', rank=2).config()\n"
             "assert c.reducer.powersgd.to_dict()['rank'] == 2 and c.optim.batch_size == 8\n"
-            "reducers.make_reducer(c); train.make_optimizer(c, steps_per_epoch=10)\n"
+            "reducers.make_reducer(c); make_optimizer(c, steps_per_epoch=10)\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_command_line_takes_absl_flags(tmp_path):
+    """scripts/benchmark.py parses absl flags as the other entry points do: a bad value is
+    refused by flag name before anything runs; --render rebuilds the markdown from a JSON."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "scripts/benchmark.py", *args], cwd=repo,
+                              capture_output=True, text=True, timeout=120)
+
+    bad = bench("--levers=ynn,turbo")
+    assert bad.returncode != 0 and "--levers=ynn,turbo: ['turbo'] not in" in bad.stderr
+    unpaired = bench("--sizes", "112,244", "--batches", "4", "--estimate")
+    assert unpaired.returncode != 0
+    assert "--batches (4,) needs one batch per size (112, 244)" in unpaired.stderr
+    results = {"machine": {"processor": "cpu", "cpu_count": 2, "cpu_flags": "", "jax": "x",
+                           "python": "3", "load_avg_start": 0.0, "load_avg_end": 0.0},
+               "wall_s": 1.0, "jobs": [], "command": "python scripts/benchmark.py --quick"}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    done = bench("--render", str(tmp_path / "results.json"), "--md", str(tmp_path / "out.md"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    markdown = (tmp_path / "out.md").read_text()
+    assert markdown.startswith("# Benchmarks") and "python scripts/benchmark.py --quick" in markdown
+    assert json.loads((tmp_path / "results.json").read_text()) == results  # input untouched
 
 
 def test_torch_lars_matches_ours():
@@ -116,6 +143,7 @@ def test_torch_lars_matches_ours():
         np.testing.assert_allclose(np.asarray(ours[k]), t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_throughput_job_and_report():
     """A tiny throughput job in-process, then the markdown built from its result."""
     spec = {"kind": "throughput", "label": "32px levers", "xla_flags": FAST_CPU_FLAG,
@@ -216,9 +244,11 @@ def test_cpu_paths_are_named_against_the_default():
     assert report.cpu_path({"xla_flags": ""}) == "XLA's default"  # a run from before
 
 
-def test_default_run_and_quick_fit_their_time():
+def test_default_run_and_quick_fit_their_time(monkeypatch):
     """The time model behind the printed estimate, with the bf16 runners of a CPU that has
     native bf16: headroom for load under 20 min (full) and 5 min (--quick)."""
+    # The model prices bf16 autocast by this machine's CPU; the reference CPU has it native.
+    monkeypatch.setattr(plan, "native_bf16", lambda: True)
     full = plan.Options(fast_cpu_default=True, bf16="on", malloc_default="libtcmalloc.so")
     assert sum(plan.estimate(full).values()) < 17 * 60
     assert sum(plan.estimate(plan.quick(full)).values()) < 4.5 * 60
@@ -257,6 +287,7 @@ def test_pytorch_mirrors_the_facenet_recipes():
     assert step.views[0].shape[1:] == (112, 1, 1) and step.views[0].dtype == torch.float16
 
 
+@pytest.mark.slow
 def test_facenet_cached_trunk_job_and_report():
     """The recipe's cached-trunk step on the tiny Inception-ResNet, ours against PyTorch in
     one job, then the FaceNet section of the report."""
@@ -304,3 +335,14 @@ def test_headline_takes_our_best_and_gives_like_for_like_ratios():
     summary["ours bf16"]["median_s"] = 2.5
     line, = report.headline([job])
     assert "(target <= 1.0x: missed)" in line
+
+
+def test_a_rerun_keeps_the_hand_written_section_of_the_markdown():
+    from bt_jax.benchmark import report
+
+    earlier = ("# Benchmarks\n\nold tables\n\n" + report.HAND_WRITTEN[0]
+               + "\n## Notes\n\nmeasured by hand\n" + report.HAND_WRITTEN[1] + "\n\nmore\n")
+    block = report.hand_written_block(earlier)
+    assert block.startswith(report.HAND_WRITTEN[0]) and "measured by hand" in block
+    assert block.endswith(report.HAND_WRITTEN[1])
+    assert report.hand_written_block("# Benchmarks\n\nno notes\n") == ""

@@ -70,6 +70,7 @@ def test_table_gives_per_step_times_subtotals_and_ratios():
     assert "| 10.00 | **14.0** | **16.0** | **0.88** |" in totals["**all convolutions**"]
 
 
+@pytest.mark.slow
 def test_script_writes_the_table_and_renders_it_again_from_its_json(tmp_path):
     out, saved, again = tmp_path / "convs.md", tmp_path / "convs.json", tmp_path / "again.md"
     env = {**os.environ, "BT_JAX_TCMALLOC": "0"}

@@ -9,6 +9,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from bt_jax.train import loop
+
+from bt_jax.data import folder
+
+from bt_jax.data import sources
 from configs_loader import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,13 +76,13 @@ def test_missing_converted_weights_says_how_to_convert(tiny, tmp_path):
 
 
 def test_identities_with_one_image_are_skipped_with_warning(tiny, tmp_path):
-    dirs = loop.sources.data_dirs(tiny, str(tmp_path))
+    dirs = sources.data_dirs(tiny, str(tmp_path))
     lonely = Path(dirs["train"]) / "Lonely_Person"
     lonely.mkdir()
     first = next(Path(dirs["train"]).glob("*/*.jpg"))
     (lonely / "Lonely_Person_0001_0000.jpg").write_bytes(first.read_bytes())
     with pytest.warns(UserWarning, match="Lonely_Person"):
-        records = loop.folder.scan_folder(dirs["train"])
+        records = folder.scan_folder(dirs["train"])
     assert "Lonely_Person" not in {r.identity for r in records}
 
 

@@ -133,6 +133,7 @@ def test_vggface2_pickle_parity_at_224(reference, release_pickle):
     assert max(errors) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_barlow_pth_and_pickle_parity_at_244(reference, barlow_reference, barlow_pth,
                                              release_pickle):
     """The .pth (backbone + projector) and the pickle (fc dropped) against PyTorch at 244."""

@@ -66,3 +66,41 @@ def test_the_process_is_re_executed_with_tcmalloc_and_keeps_its_arguments():
     assert out == "True ['--a', 'b c']" and err.count("tcmalloc preloaded") == 1, (out, err)
     out, err = _show(BT_JAX_TCMALLOC="0")
     assert out == "False ['--a', 'b c']" and err == ""
+
+
+_WARN_TWICE = """
+import sys, warnings
+from bt_jax.runtime import logs
+if sys.argv[1:] == ["set-up"]:
+    logs.quiet()  # what every entry point calls at start-up
+warnings.warn_explicit("ours: 2 images skipped", UserWarning, logs.__file__, 1)
+import theirs
+theirs.warn()
+"""
+_THEIRS = """import warnings
+
+
+def warn():
+    warnings.warn("theirs: going away", FutureWarning, stacklevel=1)
+"""
+
+
+def test_entry_points_print_a_warning_on_one_line_without_its_source(tmp_path):
+    (tmp_path / "theirs.py").write_text(_THEIRS)
+    (tmp_path / "warn.py").write_text(_WARN_TWICE)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [repo, str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+    def stderr(*args):
+        done = subprocess.run([sys.executable, str(tmp_path / "warn.py"), *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    plain = stderr()  # Python's own format: each message, then its line of source
+    assert '"""Quiet start-up logs' in plain and 'warnings.warn("theirs' in plain
+    theirs = tmp_path / "theirs.py"
+    assert stderr("set-up").splitlines() == [
+        "UserWarning: ours: 2 images skipped",
+        f"{theirs}:5: FutureWarning: theirs: going away"]

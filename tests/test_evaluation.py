@@ -15,7 +15,8 @@ import pytest
 
 from bt_jax.network import embedding
 from bt_jax.runtime import parallel
-from bt_jax.train import loop
+from bt_jax.train.optim import make_optimizer
+from bt_jax.train.state import initial_state
 from bt_jax.data import synthetic
 from bt_jax.data.folder import ImageRecord, scan_folder
 from bt_jax.evaluation import groups, knn, protocols, verification
@@ -117,6 +118,7 @@ def scratch():
     return embedder.load_weights(tiny_config(), init="scratch")
 
 
+@pytest.mark.slow
 def test_network_embedder_is_independent_of_batching(tiny, scratch):
     from bt_jax.network import embedder
 
@@ -145,6 +147,7 @@ print("step", loaded.step, "built", built)
 """
 
 
+@pytest.mark.slow
 def test_evaluator_reads_a_powersgd_checkpoint_without_building_optimizer_state(
         tiny, tmp_path):
     """A checkpoint holding LARS momentum and per-device PowerSGD buffers is evaluated by
@@ -157,8 +160,8 @@ def test_evaluator_reads_a_powersgd_checkpoint_without_building_optimizer_state(
         embedder.load_weights(tiny, workdir=str(tmp_path / "nothing"))
     config = tiny.copy_and_resolve_references()
     config.reducer.name = "powersgd"
-    tx, _ = loop.make_optimizer(config, 4)
-    state = loop.initial_state(config, tx, reducers.make_reducer(config))
+    tx, _ = make_optimizer(config, 4)
+    state = initial_state(config, tx, reducers.make_reducer(config))
     assert jax.tree.leaves(state.reducer_state) and jax.tree.leaves(state.opt_state)
     saved = state.replace(step=np.int32(7), params=jax.tree.map(lambda x: x + 0.01,
                                                                 state.params))
@@ -180,10 +183,9 @@ def test_evaluator_reads_a_powersgd_checkpoint_without_building_optimizer_state(
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return synthetic.write_synthetic_dataset(
-        tmp_path_factory.mktemp("faces"), num_identities=20, sources_per_identity=2,
-        masked_variants=2, image_size=16, progress=False)
+def folder(synthetic_faces):
+    return synthetic_faces("faces", num_identities=20, sources_per_identity=2,
+                           masked_variants=2, image_size=16)
 
 
 def test_split_protocol_finds_every_same_source_probe(folder):
@@ -337,6 +339,7 @@ def _evaluate(*args, cwd=REPO, env=None):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_evaluate_script_writes_results_and_plots_and_fails_in_one_line(folder, tmp_path):
     (tmp_path / "groups.csv").write_text(f"{synthetic.identity_name(0)},x\nNobody,y\n")
     run = _evaluate("--config", "configs/synthetic.py", "--config.data.image_size=16",

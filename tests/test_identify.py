@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt_jax.data import synthetic
 from bt_jax.identify.gallery import (UNKNOWN, Classifier, Gallery, calibrate, holdout_people,
                                      identify, read_crops, threshold_for)
 from conftest import tiny_flags
@@ -115,11 +114,9 @@ def test_held_out_strangers_are_seeded_and_leave_someone_to_enrol():
 
 
 @pytest.fixture(scope="module")
-def people(tmp_path_factory):
-    root = synthetic.write_synthetic_dataset(
-        tmp_path_factory.mktemp("people"), num_identities=10, sources_per_identity=2,
-        masked_variants=1, image_size=32, progress=False)
-    return Path(root)
+def people(synthetic_faces):
+    return Path(synthetic_faces("people", num_identities=10, sources_per_identity=2,
+                                masked_variants=1, image_size=32))
 
 
 def _identify(command, *args, config=True):
@@ -129,6 +126,7 @@ def _identify(command, *args, config=True):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_enrol_query_add_and_refusals_end_to_end(people, tmp_path):
     enrol_dir, later = tmp_path / "enrol", tmp_path / "later"
     names = sorted(p.name for p in people.iterdir() if p.is_dir())
@@ -167,6 +165,7 @@ def test_enrol_query_add_and_refusals_end_to_end(people, tmp_path):
     assert _identify("name", config=False).returncode != 0
 
 
+@pytest.mark.slow
 def test_query_runs_from_an_exported_embedder_alone(people, tmp_path):
     """A gallery enrolled with the network is queried with the exported artifact: the same
     fingerprint, the same answers."""

@@ -99,6 +99,7 @@ def test_projector_sizes_and_names():
     assert "bias" not in variables["params"]["linear2"]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
     model = tiny_resnet(dtype=jnp.bfloat16)
     x = jnp.ones((2, 32, 32, 3))
@@ -107,6 +108,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert model.apply(variables, x).dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_span_all_devices():
     """Train-mode forward on 8 devices equals one device on the concatenated batch."""
     x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
@@ -132,6 +134,7 @@ def test_batchnorm_statistics_span_all_devices():
 # ------------------------------------------------------------ FaceNet Inception-ResNet-v1
 
 
+@pytest.mark.slow
 def test_inception_resnet_v1_shapes_names_and_size():
     from bt_jax.models.inception_resnet import inception_resnet_v1, tiny_inception_resnet
 

@@ -154,6 +154,7 @@ def test_dense_layer_in_bf16_is_rerouted_and_float32_is_not():
 
 
 @pytest.mark.parametrize("make,size", [(tiny_inception_resnet, 80), (tiny_resnet, 64)])
+@pytest.mark.slow
 def test_models_in_bf16_keep_their_parameters_and_stay_close_to_float32(make, size):
     x = jax.random.uniform(jax.random.PRNGKey(7), (2, size, size, 3))
     f32, bf16 = make(dtype=F32), make(dtype=BF16)

@@ -14,7 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from bt_jax.train import reducers, loop
+from bt_jax.train import loop, reducers
+
+from bt_jax.train.optim import make_optimizer
+
+from bt_jax.train.state import initial_state
+
+from bt_jax.runtime import preemption
 from bt_jax.runtime.checkpointing import Checkpointer
 from conftest import tiny_config, tiny_flags
 from configs_loader import CONFIG_DIR
@@ -31,8 +37,8 @@ def _command(workdir, *extra):
 
 def _final_state(workdir):
     config = tiny_config()
-    tx, _ = loop.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
-    template = loop.initial_state(config, tx, reducers.make_reducer(config))
+    tx, _ = make_optimizer(config, TOTAL_STEPS // config.train.epochs)
+    template = initial_state(config, tx, reducers.make_reducer(config))
     ckpt = Checkpointer(str(workdir))
     try:
         return ckpt.restore_latest(template)
@@ -66,6 +72,7 @@ def _wait_for_step(proc, workdir, step, timeout=240):
     raise AssertionError(f"the run never reached step {step}: rc={proc.poll()}")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -73,7 +80,7 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
     _wait_for_step(proc, workdir, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == loop.PREEMPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-2000:]
     assert "Run the same command again to resume" in err
     stopped_at = int(_final_state(workdir).step)
     assert 2 <= stopped_at < TOTAL_STEPS
@@ -81,6 +88,7 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
     _assert_same_state(_final_state(workdir), uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_step_then_restart_matches_uninterrupted(uninterrupted, tmp_path):
     workdir = tmp_path / "run"
     kill_after = int(np.random.default_rng().integers(2, TOTAL_STEPS - 1))
@@ -97,6 +105,7 @@ def test_sigkill_at_random_step_then_restart_matches_uninterrupted(uninterrupted
     _assert_same_state(_final_state(workdir), uninterrupted)
 
 
+@pytest.mark.slow
 def test_divergence_names_the_step_and_keeps_last_good_checkpoint(tmp_path):
     config = tiny_config()
     config.optim.lr_biases = 1e38  # BatchNorm scales overflow on the first non-zero lr step
@@ -143,6 +152,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_path,
                                                                               small_disk):
     config = _folder_data(tiny_config(), tmp_path)
@@ -159,10 +169,10 @@ def test_a_real_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tm
     kept = int(re.search(r"The checkpoint of step (\d+) is intact", error[0])[1])
     assert kept == failed - 1 >= 1
     config.train.checkpoint_every_steps = 1
-    tx, _ = loop.make_optimizer(config, TOTAL_STEPS // config.train.epochs)
+    tx, _ = make_optimizer(config, TOTAL_STEPS // config.train.epochs)
     ckpt = Checkpointer(str(small_disk / "run"))
     try:
-        state = ckpt.restore_latest(loop.initial_state(config, tx, reducers.make_reducer(config)))
+        state = ckpt.restore_latest(initial_state(config, tx, reducers.make_reducer(config)))
     finally:
         ckpt.close()
     assert int(state.step) == kept
@@ -175,6 +185,7 @@ def test_keep_checkpoints_below_one_is_refused(tmp_path):
         loop.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(tmp_path):
     config = tiny_config()
     config.train.epochs = 1
@@ -189,7 +200,7 @@ def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(tmp_path):
         loop.train_and_evaluate(changed, str(tmp_path))
     longer = tiny_config()
     longer.train.epochs = 2  # allowed, with a warning: the schedule is recomputed
-    with pytest.warns(UserWarning, match="loop.epochs changed from 1 to 2"):
+    with pytest.warns(UserWarning, match="train.epochs changed from 1 to 2"):
         loop.train_and_evaluate(longer, str(tmp_path))
     assert int(_final_state(tmp_path).step) == TOTAL_STEPS
 
@@ -198,6 +209,7 @@ def _latest_step_folder(workdir):
     return max(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_a_truncated_or_empty_latest_checkpoint_is_set_aside_and_the_previous_one_used(
         uninterrupted, tmp_path):
     config = tiny_config()
@@ -220,13 +232,14 @@ def test_a_truncated_or_empty_latest_checkpoint_is_set_aside_and_the_previous_on
     _assert_same_state(_final_state(tmp_path), uninterrupted)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_130_and_a_second_aborts(uninterrupted, tmp_path):
     proc = subprocess.Popen(_command(tmp_path, "--config.train.log_every_steps=1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_step(proc, tmp_path, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == loop.INTERRUPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == preemption.INTERRUPTED_EXIT_CODE, err[-2000:]
     assert "KeyboardInterrupt" not in err and "checkpoint is saved" in err
     assert Checkpointer.has_checkpoints(str(tmp_path))
     proc = subprocess.run(_command(tmp_path), capture_output=True, text=True)
@@ -242,7 +255,7 @@ def test_sigterm_during_start_up_says_so_and_exits_75(tmp_path):
         time.sleep(0.1)  # config.json is written at the start of start-up
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == loop.PREEMPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-2000:]
     assert "during start-up" in err and "Traceback" not in err
 
 
@@ -252,6 +265,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_path):
     workdir = tmp_path / "multi"
     port = _free_port()
@@ -284,23 +298,23 @@ def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_pat
 def test_a_start_up_signal_whose_exception_was_swallowed_still_stops_before_the_loop():
     # A handler's exception raised inside a gc callback is printed and dropped by Python
     # (seen once in CI: the run went on and exited 0); the loop must not start anyway.
-    with loop.StopRequest() as stop:
+    with preemption.StopRequest() as stop:
         try:
             stop._handle(signal.SIGTERM, None)
-        except loop.Preempted:
+        except preemption.Preempted:
             pass  # what "Exception ignored in: <gc callback>" amounts to
-        with pytest.raises(loop.Preempted, match="during start-up") as stopped:
+        with pytest.raises(preemption.Preempted, match="during start-up") as stopped:
             stop.start_loop()
-        assert stopped.value.exit_code == loop.PREEMPTED_EXIT_CODE and not stop.looping
-    with loop.StopRequest() as stop:
+        assert stopped.value.exit_code == preemption.PREEMPTED_EXIT_CODE and not stop.looping
+    with preemption.StopRequest() as stop:
         stop.start_loop()
         assert stop.looping
 
 
 def test_second_ctrl_c_aborts_at_once():
-    with loop.StopRequest() as stop:
+    with preemption.StopRequest() as stop:
         stop.looping = True
         stop._handle(signal.SIGINT, None)  # what the first Ctrl-C calls
-        assert stop.should_stop() and stop.exit_code() == loop.INTERRUPTED_EXIT_CODE
+        assert stop.should_stop() and stop.exit_code() == preemption.INTERRUPTED_EXIT_CODE
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)

@@ -10,15 +10,9 @@ from PIL import Image
 from bt_jax.data import faces, masks, synthetic
 from bt_jax.data.folder import ImageRecord, load_images, parse_image_name, scan_folder
 from bt_jax.data.pairs import PairDataset
+from conftest import SMALL
 
 MLFW_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mlfw" / "val"
-SMALL = dict(num_identities=6, sources_per_identity=3, masked_variants=2, image_size=32,
-             progress=False)
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    return synthetic.write_synthetic_dataset(tmp_path_factory.mktemp("synth"), **SMALL)
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,28 @@ import numpy as np
 import pytest
 
 from bt_jax.runtime import parallel
-from bt_jax.train import reducers, loop
+from bt_jax.train import loop, reducers
+from bt_jax.network.network import Network
+from bt_jax.runtime.checkpointing import Checkpointer
+from bt_jax.train.inputs import load_data
+from bt_jax.train.optim import make_optimizer
+from bt_jax.train.state import initial_state, state_to_devices
+from bt_jax.train.step import compile_steps
 from bt_jax.evaluation.plots import plot_training
 
 
 def _setup(config, workdir):
-    data = loop.load_data(config, str(workdir))
-    tx, schedule = loop.make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
+    data = load_data(config, str(workdir), Network(config, progress=False))
+    tx, schedule = make_optimizer(config, data.train.steps_per_epoch(config.optim.batch_size))
     reducer = reducers.make_reducer(config)
-    return data, tx, schedule, loop.compile_steps(config, tx, reducer), \
-        loop.initial_state(config, tx, reducer)
+    return data, tx, schedule, compile_steps(config, tx, reducer), \
+        initial_state(config, tx, reducer)
 
 
 def test_one_step_keeps_replicas_identical_and_compiles_once(tiny, tmp_path, compile_counter):
     data, tx, _, steps, state = _setup(tiny, tmp_path)
     mesh = parallel.device_mesh(8)
-    state = loop.state_to_devices(state, mesh)
+    state = state_to_devices(state, mesh)
     batches = parallel.prefetch_to_devices(data.train.batches(0, 16, devices=8), mesh, 2)
     for i in range(3):
         views = next(batches)
@@ -67,6 +73,7 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, monkeypatch):
     """With PowerSGD, whose error feedback differs per device and must resume per device."""
     tiny.train.checkpoint_every_steps = 3
@@ -88,15 +95,15 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
             return steps.train(*a)
         return steps._replace(train=step)
 
-    monkeypatch.setattr(train, "compile_steps", crashing_compile)
+    monkeypatch.setattr(loop, "compile_steps", crashing_compile)
     with pytest.raises(_Crash):
         loop.train_and_evaluate(tiny, str(tmp_path / "resumed"))
-    monkeypatch.setattr(train, "compile_steps", compile_steps)
+    monkeypatch.setattr(loop, "compile_steps", compile_steps)
     loop.train_and_evaluate(tiny, str(tmp_path / "resumed"))
 
-    template = loop.initial_state(tiny, *_tx_and_reducer(tiny))
-    full = loop.Checkpointer(str(tmp_path / "full")).restore_latest(template)
-    resumed = loop.Checkpointer(str(tmp_path / "resumed")).restore_latest(template)
+    template = initial_state(tiny, *_tx_and_reducer(tiny))
+    full = Checkpointer(str(tmp_path / "full")).restore_latest(template)
+    resumed = Checkpointer(str(tmp_path / "resumed")).restore_latest(template)
     assert int(full.step) == int(resumed.step) == 8
     errors = jax.tree.leaves(full.reducer_state.error)
     assert any(np.ptp(e, axis=0).max() > 0 for e in errors)  # per-device state is real
@@ -105,10 +112,11 @@ def test_resume_mid_epoch_continues_exactly_as_uninterrupted(tiny, tmp_path, mon
 
 
 def _tx_and_reducer(config):
-    tx, _ = loop.make_optimizer(config, 4)
+    tx, _ = make_optimizer(config, 4)
     return tx, reducers.make_reducer(config)
 
 
+@pytest.mark.slow
 def test_inception_backbone_trains_under_pmap(tiny, tmp_path):
     """FaceNet's architecture (tiny variant) through the same step: finite loss, replicas
     equal, BatchNorm statistics updated from the batch."""
@@ -117,7 +125,7 @@ def test_inception_backbone_trains_under_pmap(tiny, tmp_path):
     tiny.data.normalization = "facenet"
     data, _, _, steps, state = _setup(tiny, tmp_path)
     before = state.batch_stats
-    state = loop.state_to_devices(state, parallel.device_mesh(8))
+    state = state_to_devices(state, parallel.device_mesh(8))
     state, metrics = steps.train(state, next(data.train.batches(0, 16, devices=8)))
     assert np.isfinite(np.asarray(metrics["loss"])).all()
     after = parallel.unreplicate(state.batch_stats)

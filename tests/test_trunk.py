@@ -58,6 +58,7 @@ def frozen(tiny, tiny_weights, tmp_path):
     return tiny
 
 
+@pytest.mark.slow
 def test_the_head_after_the_trunk_is_the_whole_network():
     variables = _random_variables()
     x = jax.random.normal(jax.random.key(1), (3, SIZE, SIZE, 3))
@@ -118,8 +119,8 @@ def test_recalibration_keeps_the_inference_function_and_aligns_batch_statistics(
     model = embedding.create_model(frozen)
     images = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
     x = jnp.asarray(trunk.Trunk(frozen, progress=False).compute(images), jnp.float32)
-    params, stats = trunk.recalibrate_batchnorm(model, start["params"], start["batch_stats"],
-                                                x, 1e-3)
+    params, stats = trunk.recalibrate_batchnorm(frozen, model, start["params"],
+                                                start["batch_stats"], x)
 
     def features(p, s, training):
         out = model.apply({"params": p, "batch_stats": s}, x, training,
@@ -133,6 +134,7 @@ def test_recalibration_keeps_the_inference_function_and_aligns_batch_statistics(
     assert np.abs(recal - before).max() < 0.1 * np.abs(naive - before).max()
 
 
+@pytest.mark.slow
 def test_tiny_frozen_run_end_to_end_and_evaluate_from_images(frozen, tmp_path):
     """Training on cached activations through the one loop, then scripts/evaluate.py on
     the checkpoint, which runs images through the trunk and the trained head."""

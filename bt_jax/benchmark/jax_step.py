@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bt_jax.network import embedding, trunk
+from bt_jax.network import embedding
 from bt_jax.runtime import parallel
-from bt_jax.train import reducers, loop
+from bt_jax.train import reducers
+from bt_jax.train.optim import make_optimizer
+from bt_jax.train.state import initial_state, state_to_devices
+from bt_jax.train.step import apply_gradients, train_step, training_views
 from bt_jax.data.pairs import device_layout
 from bt_jax.train.losses import barlow_twins_loss
 from bt_jax.models.barlow import BarlowTwins
@@ -51,7 +54,7 @@ def fused_train_step(state, views, *, model, tx, reducer, config):
     its own statistics and the running stats follow the sequential update. Same loss,
     gradients and state as ``loop.train_step`` up to float rounding (tested).
     """
-    x = jnp.stack(loop._views(state, views, config))
+    x = jnp.stack(training_views(state, views, config))
 
     def loss_fn(params):
         def embed(view):
@@ -64,13 +67,13 @@ def fused_train_step(state, views, *, model, tx, reducer, config):
         return loss, _sequential_stats(state.batch_stats, per_view)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return loop.apply_gradients(state, loss, grads, batch_stats, tx=tx, reducer=reducer)
+    return apply_gradients(state, loss, grads, batch_stats, tx=tx, reducer=reducer)
 
 
 def pmapped_step(config, tx, reducer, variant: Variant):
     """The variant's step under pmap, built the way ``loop.compile_steps`` builds it."""
     model = embedding.create_model(config, axis_name=AXIS)
-    body = fused_train_step if variant.fused else loop.train_step
+    body = fused_train_step if variant.fused else train_step
     step = functools.partial(body, model=model, tx=tx, reducer=reducer, config=config)
     return jax.pmap(step, axis_name=AXIS, devices=parallel.pmap_devices(config.num_devices),
                     donate_argnums=(0,) if variant.donate else ())
@@ -84,20 +87,20 @@ def xla_flops(compiled) -> float:
     return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
 
 
-def random_inputs(config, shape, rng) -> np.ndarray:
-    """A batch of what the step reads: uint8 images, or with a frozen trunk its cached
-    float16 activations (non-negative, as after the trunk's last ReLU and max-pool)."""
+def random_inputs(config, shape, dtype, rng) -> np.ndarray:
+    """A batch of what the step reads (``embedding.input_spec``): uint8 images, or a frozen
+    trunk's activations (non-negative, as after the trunk's last ReLU and max-pool)."""
     shape = (config.optim.batch_size,) + tuple(shape)
-    if trunk.is_frozen(config):
-        return np.abs(rng.standard_normal(shape, np.float32)).astype(trunk.CACHE_DTYPE)
-    return rng.integers(0, 256, shape, dtype=np.uint8)
+    if dtype == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return np.abs(rng.standard_normal(shape, np.float32)).astype(dtype)
 
 
 def random_views(config, seed: int = 0) -> np.ndarray:
     """A fixed pair batch laid out for the devices, as the training loop feeds it."""
     rng = np.random.default_rng(seed)
-    shape = trunk.input_shape(config)
-    v1, v2 = (random_inputs(config, shape, rng) for _ in range(2))
+    shape, dtype = embedding.input_spec(config)
+    v1, v2 = (random_inputs(config, shape, dtype, rng) for _ in range(2))
     return device_layout(np.stack([v1, v2], axis=1), config.num_devices)
 
 
@@ -110,11 +113,11 @@ class JaxStep:
 
     def __init__(self, case, variant: Variant = Variant(), host_state=None, views=None):
         config = case.config()
-        tx, _ = loop.make_optimizer(config, steps_per_epoch=10)
+        tx, _ = make_optimizer(config, steps_per_epoch=10)
         reducer = reducers.make_reducer(config)
-        self.host_state = host_state or loop.initial_state(config, tx, reducer)
+        self.host_state = host_state or initial_state(config, tx, reducer)
         mesh = parallel.device_mesh(config.num_devices)
-        self.state = loop.state_to_devices(self.host_state, mesh)
+        self.state = state_to_devices(self.host_state, mesh)
         views = random_views(config) if views is None else views
         # On the devices once: the benchmark times the step, not the host-to-device copy.
         self.views = jax.device_put(views, NamedSharding(mesh, PartitionSpec(AXIS)))

@@ -107,7 +107,8 @@ def _ours(name: str, dtype: str, *, fused: bool = False, donate: bool = True) ->
 
 
 def probe_malloc() -> str:
-    """The allocator the entry points would preload here (bt_jax/runtime/devices.py), '' for none."""
+    """The allocator the entry points would preload here (bt_jax/runtime/devices.py), ''
+    for none."""
     from bt_jax.runtime import devices
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", devices.MALLOC_ENV)}
     return devices.choose_malloc(env, [])[0] or ""

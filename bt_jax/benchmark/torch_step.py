@@ -97,11 +97,12 @@ class TorchStep:
 
     def _random_views(self, config, seed: int):
         """The two views: uint8 NHWC images, or a frozen trunk's activations (NCHW)."""
-        from bt_jax.network import trunk
         from bt_jax.benchmark.jax_step import random_inputs
+        from bt_jax.network import embedding
+
         rng = np.random.default_rng(seed)
-        shape = trunk.input_shape(config)
-        views = [torch.from_numpy(random_inputs(config, shape, rng)) for _ in range(2)]
+        shape, dtype = embedding.input_spec(config)
+        views = [torch.from_numpy(random_inputs(config, shape, dtype, rng)) for _ in range(2)]
         if self.frozen:
             views = [v.permute(0, 3, 1, 2).contiguous() for v in views]
         return [v.to(self.device) for v in views]

@@ -239,17 +239,26 @@ def folder_records(folder: str, image_size: int, exclude_file: str = "") -> list
     return preload(source, image_size, progress=False)[0]
 
 
-def train_pairs(config, source: ImageSource):
+def train_pairs(config, source: ImageSource,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None):
     """Training pairs of ``source`` for ``config.data.loader``: 'stream' decodes each batch
-    in grain worker threads, 'preload' decodes everything once into memory."""
+    in grain worker threads, 'preload' decodes everything once into memory.
+
+    ``transform`` maps the uint8 images of the whole split to what the pairs hold (a
+    frozen trunk's activations); it needs every image at once, so with a transform the
+    split is preloaded whatever the loader.
+    """
     data, size = config.data, config.data.image_size
-    if data.loader == "stream":
+    if data.loader not in ("stream", "preload"):
+        raise ValueError(f"config.data.loader={data.loader!r} is unknown; use 'stream' or "
+                         "'preload'.")
+    if data.loader == "stream" and transform is None:
         from bt_jax.data.pipeline import StreamingPairs   # grain: only when streaming
 
         return StreamingPairs(source, size, seed=config.seed, pair_sampler=data.pair_sampler,
                               workers=data.workers, prefetch=data.prefetch,
                               progress=config.train.progress)
-    if data.loader == "preload":
-        return PairDataset(*preload(source, size, progress=config.train.progress),
-                           seed=config.seed, pair_sampler=data.pair_sampler)
-    raise ValueError(f"config.data.loader={data.loader!r} is unknown; use 'stream' or 'preload'.")
+    records, images = preload(source, size, progress=config.train.progress)
+    inputs = images if transform is None else transform(images)
+    del images  # with a transform, only its output stays in memory
+    return PairDataset(records, inputs, seed=config.seed, pair_sampler=data.pair_sampler)

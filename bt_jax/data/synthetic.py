@@ -26,7 +26,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from bt_jax.data.faces import (Identity, Photo, draw_glasses, finish, render_base, sample_identity, sample_photo)
+from bt_jax.data.faces import (Identity, Photo, draw_glasses, finish, render_base,
+                               sample_identity, sample_photo)
 from bt_jax.data.masks import MaskSpec, draw_mask, sample_mask
 
 

@@ -11,41 +11,22 @@ imports (model code, flax).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from bt_jax.network import embedding, trunk
-from bt_jax.data import preprocess
-from bt_jax.identify.exported import (FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE, load_embedder)
-
-__all__ = ["export_embedder", "embed_function", "load_embedder"]
+from bt_jax.network import embedding
+from bt_jax.network.network import Network
+from bt_jax.identify.exported import (FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE)
 
 PLATFORMS = ("cpu", "cuda")
 INPUTS_NOTE = ("aligned face crops, prepared like the training images: uint8 RGB, "
                "(N, image_size, image_size, 3); this project has no face detector")
-
-
-def embed_function(config, variables: Dict[str, Any]) -> Callable:
-    """uint8 images -> float32 embeddings on one device, the weights closed over."""
-    preprocess.check_normalization(config.data.normalization)
-    trunk.check_split(config)
-    head = functools.partial(embedding.embed_step, variables, model=embedding.create_model(config),
-                             config=config)
-    if not trunk.is_frozen(config):
-        return head
-    trunk_model, trunk_variables = trunk.trunk_model(config), trunk.trunk_variables(config)
-
-    def with_trunk(images):
-        return head(trunk.forward(trunk_model, trunk_variables, images, config))
-
-    return with_trunk
 
 
 def export_embedder(config, variables: Dict[str, Any], out_dir: str, *,
@@ -58,7 +39,7 @@ def export_embedder(config, variables: Dict[str, Any], out_dir: str, *,
     check_out_dir(out_dir, overwrite)
     size = int(config.data.image_size)
     shape = jax.export.symbolic_shape(f"b, {size}, {size}, 3")
-    exported = jax.export.export(jax.jit(embed_function(config, variables)),
+    exported = jax.export.export(jax.jit(Network(config).embed_function(variables)),
                                  platforms=tuple(platforms))(
         jax.ShapeDtypeStruct(shape, jnp.uint8))
     info = {"format_version": FORMAT_VERSION, "inputs": INPUTS_NOTE,

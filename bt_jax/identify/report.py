@@ -21,7 +21,8 @@ import numpy as np
 
 from bt_jax.evaluation import protocols
 from bt_jax.evaluation.stats import bootstrap_ci
-from bt_jax.identify.gallery import CLASSIFIERS, Classifier, Gallery, calibrate, embed_images, identify
+from bt_jax.identify.gallery import (CLASSIFIERS, Classifier, Gallery, calibrate, embed_images,
+                                     identify)
 
 
 def _gallery(features, index, chosen, embedder) -> Gallery:

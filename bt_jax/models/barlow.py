@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import ops
+from bt_jax.models.norm import batch_norm
 from bt_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, CaffeResNet
 
 
@@ -39,9 +40,8 @@ class Projector(nn.Module):
     def __call__(self, x, train: bool = False):
         dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
                                   dot_general=ops.dot_general)
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)
+        norm = batch_norm(train=train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                          dtype=self.dtype, axis_name=self.axis_name)
         for i, size in enumerate(self.sizes[:-1]):
             x = nn.relu(norm(name=f"bn{i}")(dense(size, name=f"linear{i}")(x)))
         return dense(self.sizes[-1], name=f"linear{len(self.sizes) - 1}")(x)

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import ops
+from bt_jax.models.norm import batch_norm
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -187,9 +188,8 @@ class InceptionResNetV1(nn.Module):
                              "or 'pooled'.")
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  conv_general_dilated=ops.conv_general_dilated)
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train or self.frozen_bn, momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)
+        norm = batch_norm(train=train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                          dtype=self.dtype, axis_name=self.axis_name, frozen=self.frozen_bn)
         layers = self._layers()
         names = [name for name, _, _ in layers]
         first = names.index(self.start_after) + 1 if self.start_after else 0

@@ -131,7 +131,7 @@ def patch_conv(x, w, strides, pads):
     XLA's CPU convolution is slow at strides: the 3x3/2 layers of Inception-ResNet-v1 ran
     1.1-1.3x faster forward and backward this way (forward alone up to 2x), measured ad hoc
     against XLA's; at stride 1 and for the gradients the taps cost more to copy than the
-    product saves (README, Performance; scripts/benchmark_convs.py times each layer).
+    product saves (docs/benchmarks.md; scripts/benchmark_convs.py times each layer).
     """
     kh, kw, ci, co = w.shape
     taps = _taps(x, (kh, kw), strides, pads, fill=0)

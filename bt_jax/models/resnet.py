@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bt_jax.models import ops
+from bt_jax.models.norm import batch_norm
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -89,9 +90,8 @@ class CaffeResNet(nn.Module):
     def __call__(self, x, train: bool = False):
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  conv_general_dilated=ops.conv_general_dilated)
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.axis_name if train else None)
+        norm = batch_norm(train=train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                          dtype=self.dtype, axis_name=self.axis_name)
         x = x.astype(self.dtype)
         x = conv(self.stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))

@@ -16,9 +16,10 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 
-from bt_jax.network import embedding, trunk
+from bt_jax.network import embedding
+from bt_jax.network.network import Network
 from bt_jax.runtime import parallel
-from bt_jax.data import preprocess
+from bt_jax.runtime import workdir as workdir_files
 from bt_jax.runtime.checkpointing import restore_variables
 
 
@@ -39,7 +40,7 @@ def load_weights(config, *, workdir: str | None = None, init: str | None = None)
     if workdir is not None and init is not None:
         raise ValueError("pass either a checkpoint workdir or init weights, not both.")
     # Look first, so a mistyped path is found out before building anything.
-    if workdir is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if workdir is not None and not os.path.isdir(os.path.join(workdir, workdir_files.CHECKPOINTS)):
         raise FileNotFoundError(f"no checkpoints/ folder in workdir {workdir}; pass the "
                                 "--workdir of a training run, or --init for weights.")
     if workdir is None:
@@ -61,14 +62,12 @@ class NetworkEmbedder:
     """Callable uint8 images (N, S, S, 3) -> float32 features (N, D) under pmap."""
 
     def __init__(self, config, variables: Dict[str, Any], *, progress: bool = True):
-        check_config(config)
-        mesh = parallel.device_mesh(config.num_devices)
+        # A frozen trunk keeps config.init's weights: the Network runs images through it
+        # first (its activations cached like in training), then the trained head.
+        self.network = Network(config, progress=progress)
         self.config, self.progress = config, progress
-        # A frozen trunk keeps config.init's weights: images go through it first (its
-        # activations cached like in training), then through the trained head.
-        self.trunk = trunk.Trunk(config, progress=progress) if trunk.is_frozen(config) else None
         self.embed = embedding.compile_embed(config)
-        self.variables = parallel.replicate(variables, mesh)
+        self.variables = parallel.replicate(variables, parallel.device_mesh(config.num_devices))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         from tqdm.auto import tqdm
@@ -77,23 +76,11 @@ class NetworkEmbedder:
         if images.shape[1:] != (size, size, 3):
             raise ValueError(f"images of shape {images.shape[1:]} but the model expects "
                              f"({size}, {size}, 3) (config.data.image_size).")
-        if self.trunk is not None:
-            images = self.trunk.activations(images, "evaluation images")[0]
+        inputs = self.network.inputs(images, "evaluation images")
         batch = self.config.eval.batch_size
         # One batch per call: compute_embeddings pads only the last, partial one.
         chunks = [embedding.compute_embeddings(self.embed, self.variables,
-                                               images[i:i + batch], self.config)
-                  for i in tqdm(range(0, len(images), batch), desc="embedding", unit="batch",
+                                               inputs[i:i + batch], self.config)
+                  for i in tqdm(range(0, len(inputs), batch), desc="embedding", unit="batch",
                                 disable=not self.progress)]
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-
-
-def check_config(config) -> None:
-    """Fail before any work: the embedding batch splits over the devices, the
-    normalisation and the trunk's split layer exist."""
-    n = config.num_devices
-    if n < 1 or config.eval.batch_size % n:
-        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple "
-                         f"of config.num_devices={n}.")
-    preprocess.check_normalization(config.data.normalization)
-    trunk.check_split(config)

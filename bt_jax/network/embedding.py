@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bt_jax.runtime import distributed, parallel
-from bt_jax.data import preprocess
+from bt_jax.data import augment, preprocess
 from bt_jax.network import trunk
 from bt_jax.models.backbones import ARCHS, create_backbone
 from bt_jax.models.barlow import BarlowTwins, Projector, parse_projector_sizes
@@ -27,12 +27,18 @@ from bt_jax.weights.pretrained import load_pretrained
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def create_model(config, axis_name=None) -> BarlowTwins:
-    """The Barlow Twins model of ``config.model``; ``axis_name`` syncs its BatchNorm."""
+def check_model(config) -> None:
+    """config.model names a backbone and a dtype that exist."""
     m = config.model
     if m.arch not in ARCHS or m.dtype not in DTYPES:
         raise ValueError(f"config.model.arch={m.arch!r} / dtype={m.dtype!r}: arch must be one "
                          f"of {sorted(ARCHS)} and dtype one of {sorted(DTYPES)}.")
+
+
+def create_model(config, axis_name=None) -> BarlowTwins:
+    """The Barlow Twins model of ``config.model``; ``axis_name`` syncs its BatchNorm."""
+    check_model(config)
+    m = config.model
     dtype = DTYPES[m.dtype]
     backbone = create_backbone(m.arch, m.pool_window, dtype=dtype, axis_name=axis_name,
                                **trunk.head_settings(config))
@@ -45,6 +51,23 @@ def network_input(images, config):
     if trunk.is_frozen(config):
         return images.astype(jnp.float32)
     return preprocess.normalize(images, config.data.normalization)
+
+
+def training_input(key, images, config, view: int):
+    """What the network trains on for one view of a pair batch: augmented, normalised
+    images; a frozen trunk's activations as they are (image augmentation belongs to the
+    trunk's input). ``view`` 1 is the image a synthetic mask may be drawn on."""
+    if trunk.is_frozen(config):
+        return network_input(images, config)
+    return preprocess.normalize(augment.augment(key, images, config.augment, view=view),
+                                config.data.normalization)
+
+
+def input_spec(config) -> Tuple[Tuple[int, ...], Any]:
+    """(shape, dtype) of one input as the data pipeline delivers it: a uint8 image, or the
+    frozen trunk's activations of one in the cache's dtype."""
+    shape = trunk.input_shape(config)
+    return shape, (trunk.CACHE_DTYPE if trunk.is_frozen(config) else np.uint8)
 
 
 def _init_fn(config):

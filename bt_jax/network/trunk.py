@@ -28,6 +28,7 @@ import numpy as np
 
 from bt_jax.weights import download
 from bt_jax.data import preprocess
+from bt_jax.models import inception_resnet, resnet
 from bt_jax.models.inception_resnet import InceptionResNetV1
 from bt_jax.models.backbones import create_backbone
 
@@ -117,7 +118,6 @@ class Trunk:
     """The frozen trunk of ``config``: activations of uint8 images, cached on disk."""
 
     def __init__(self, config, *, cache_dir: Optional[str] = None, progress: bool = True):
-        check_split(config)
         self.config, self.progress = config, progress
         self.model = trunk_model(config)
         self.variables = trunk_variables(config)
@@ -216,7 +216,14 @@ def _get(tree, path):
     return tree
 
 
-def recalibrate_batchnorm(model, params, batch_stats, inputs, eps: float) -> Tuple[Any, Any]:
+def bn_epsilon(config) -> float:
+    """The BatchNorm epsilon of config.model.arch's layers."""
+    if config.model.arch in INCEPTION_ARCHS:
+        return inception_resnet.BN_EPSILON
+    return resnet.BN_EPSILON
+
+
+def recalibrate_batchnorm(config, model, params, batch_stats, inputs) -> Tuple[Any, Any]:
     """Set each backbone BatchNorm's running statistics to the mean m and variance v of its
     input over ``inputs``, changing scale and bias so that the inference-mode function is
     unchanged: scale' = scale * sqrt(v + eps) / sqrt(var + eps),
@@ -227,6 +234,7 @@ def recalibrate_batchnorm(model, params, batch_stats, inputs, eps: float) -> Tup
     """
     import flax.linen as nn
 
+    eps = bn_epsilon(config)
     variables = {"params": params, "batch_stats": batch_stats}
     _, state = model.apply(variables, inputs, train=False, method=model.features,
                            capture_intermediates=lambda m, _: isinstance(m, (nn.Conv, nn.Dense)))

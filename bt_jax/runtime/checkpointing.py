@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bt_jax.runtime import workdir as workdir_files
+
 
 @contextlib.contextmanager
 def _held_stderr(keep: Callable[[], bool]):
@@ -48,7 +50,7 @@ class Checkpointer:
         self.keep = keep
         self.latest = self._open_latest()
         self.best = ocp.CheckpointManager(
-            os.path.join(root, "best"),
+            os.path.join(root, workdir_files.BEST),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min"))
         self.failed = self.closed = False
@@ -79,7 +81,7 @@ class Checkpointer:
 
     def _open_latest(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
-            os.path.join(self.root, "checkpoints"),
+            os.path.join(self.root, workdir_files.CHECKPOINTS),
             options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True))
 
     def _save(self, step: int, state: Any, val_loss: Optional[float]) -> None:
@@ -100,7 +102,7 @@ class Checkpointer:
 
     @staticmethod
     def has_checkpoints(workdir: str) -> bool:
-        folder = os.path.join(workdir, "checkpoints")
+        folder = os.path.join(workdir, workdir_files.CHECKPOINTS)
         return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
     def restore_latest(self, template: Any) -> Optional[Any]:
@@ -123,7 +125,7 @@ class Checkpointer:
                 self._set_aside(step, e)
 
     def _set_aside(self, step: int, error: Exception) -> None:
-        folder = os.path.join(self.root, "checkpoints", str(step))
+        folder = os.path.join(self.root, workdir_files.CHECKPOINTS, str(step))
         target = f"{folder}.corrupt"
         suffix = 1
         while os.path.exists(target):
@@ -163,7 +165,7 @@ def restore_variables(workdir: str, template: Any) -> tuple:
     parts read, so optimizer moments and per-device reducer state stay on disk. Read-only:
     an unreadable step is skipped with a warning, not moved aside as resuming does.
     """
-    folder = os.path.join(os.path.abspath(workdir), "checkpoints")
+    folder = os.path.join(os.path.abspath(workdir), workdir_files.CHECKPOINTS)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), template)
     manager = ocp.CheckpointManager(folder)
     try:

@@ -13,7 +13,9 @@ import os
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-FILE = "config.json"
+from bt_jax.runtime import workdir as workdir_files
+
+FILE = workdir_files.CONFIG
 # Dotted prefixes of the fields that shape the state or what a step means.
 STATE_FIELDS = ("model.", "data.image_size", "data.normalization", "optim.batch_size",
                 "optim.name", "num_devices", "reducer.name", "reducer.powersgd.rank")

@@ -246,3 +246,28 @@ def group_learning_rates(schedule, step, *, lr_weights=0.2, lr_biases=0.0048) ->
     """
     factor = schedule(step)
     return {"lr_weights": factor * lr_weights, "lr_biases": factor * lr_biases}
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """LARS (the reference, rates scaled by global_batch / 256) or AdamW (config.optim.lr),
+    with the warm-up/cosine schedule."""
+    o = config.optim
+    if o.name not in ("lars", "adamw"):
+        raise ValueError(f"config.optim.name={o.name!r} is unknown; use 'lars' or 'adamw'.")
+    schedule = warmup_cosine_schedule(
+        base_lr=o.batch_size / 256 if o.name == "lars" else 1.0,
+        warmup_steps=o.warmup_epochs * steps_per_epoch,
+        total_steps=config.train.epochs * steps_per_epoch, end_factor=o.end_factor)
+    if o.name == "adamw":
+        return adamw(schedule, lr=o.lr, weight_decay=o.weight_decay,
+                     backbone_lr_scale=o.backbone_lr_scale), schedule
+    tx = lars(schedule, lr_weights=o.lr_weights, lr_biases=o.lr_biases,
+              weight_decay=o.weight_decay, eta=o.eta, momentum=o.momentum,
+              backbone_lr_scale=o.backbone_lr_scale)
+    return tx, schedule
+
+
+def group_rates(config):
+    """(weights, biases) rates that the schedule multiplies, for the log."""
+    o = config.optim
+    return (o.lr, o.lr) if o.name == "adamw" else (o.lr_weights, o.lr_biases)

@@ -29,7 +29,8 @@ import numpy as np
 
 import bt_jax
 from bt_jax.weights import facenet
-from bt_jax.weights.slots import (check_keys, check_shapes, checked_float32, fill, projector_layout, split_extras, target_slots)
+from bt_jax.weights.slots import (check_keys, check_shapes, checked_float32, fill,
+                                  projector_layout, split_extras, target_slots)
 from bt_jax.weights.sources import read_torch_checkpoint, read_vggface2_pickle, source_kind
 from bt_jax.data.preprocess import NORMALIZATIONS
 

@@ -1,4 +1,5 @@
-"""Reading the weight files ``bt_jax.weights.convert`` understands, and writing the release's format.
+"""Reading the weight files ``bt_jax.weights.convert`` understands, and writing the
+release's format.
 
 * the VGGFace2 release pickle (``resnet50_ft_weight.pkl``, ``resnet50_scratch_weight.pkl``):
   a plain pickle of ``{PyTorch name: numpy array}``, read with ``encoding='latin1'`` by an

@@ -1,0 +1,104 @@
+"""The training log: per log interval one JSON record in ``metrics.jsonl`` (loss, learning
+rates, images/s, communication), written by process 0; the host pulls device metrics
+only when a record is due, and checks them for NaN/Inf then.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from bt_jax.runtime import distributed, parallel
+from bt_jax.runtime import workdir as workdir_files
+from bt_jax.train import optim
+
+
+class MetricsWriter:
+    """JSON-lines metrics on the host; device values are pulled only when written."""
+
+    def __init__(self, workdir: str):
+        self.path = workdir_files.path(workdir, workdir_files.METRICS)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({k: _to_python(v) for k, v in record.items()}) + "\n")
+
+
+def _to_python(value):
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+class StepLog:
+    """Buffers device metrics and pulls them to the host only when a record is written.
+
+    Every flush also checks the buffered steps for NaN/Inf, so nothing is saved after a
+    divergence and the error names the first bad step.
+    """
+
+    def __init__(self, workdir: str, schedule, config, step: int, comm=None):
+        self.writer = MetricsWriter(workdir) if distributed.is_primary() else None
+        self.schedule, self.config = schedule, config
+        self.comm = comm  # (exact floats, floats sent, first compressed step) or None
+        self.history, self.first = [], step
+        self.start = self.tick = time.time()
+        self.warned_zero = False
+
+    def add(self, metrics) -> None:
+        self.history.append(metrics)
+
+    def due(self) -> bool:
+        return len(self.history) >= self.config.train.log_every_steps
+
+    def flush(self, epoch: int) -> Optional[Dict[str, Any]]:
+        if not self.history:
+            return None
+        host = [{k: float(parallel.local_values(v)[0]) for k, v in m.items()} for m in self.history]
+        for offset, values in enumerate(host):
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(
+                    f"training diverged at step {self.first + offset + 1}: {values}.")
+        self._warn_if_no_signal(host)
+        record = self._record(epoch, host)
+        self.history, self.first, self.tick = [], record["step"], time.time()
+        self.write(record)
+        return record
+
+    def _warn_if_no_signal(self, host) -> None:
+        """Constant inputs (all-black images) train to nothing without an error: say so
+        at the first log interval whose gradients are all exactly zero."""
+        if self.warned_zero or any(h["grad_norm"] != 0.0 for h in host):
+            return
+        self.warned_zero = True
+        warnings.warn(f"the gradient is exactly zero at steps {self.first + 1}-"
+                      f"{self.first + len(host)}: nothing is being learned. The inputs may have "
+                      "no variance (blank or constant images?) or every trained layer is "
+                      "frozen; check the data and config.optim.backbone_lr_scale.", stacklevel=2)
+
+    def _record(self, epoch, host) -> Dict[str, Any]:
+        o, step = self.config.optim, self.first + len(host)
+        lr_weights, lr_biases = optim.group_rates(self.config)
+        rates = optim.group_learning_rates(self.schedule, step - 1, lr_weights=lr_weights,
+                                           lr_biases=lr_biases)
+        elapsed = max(time.time() - self.tick, 1e-9)
+        return {"epoch": epoch, "step": step, **rates,
+                "loss": float(np.mean([h["loss"] for h in host])),
+                "grad_norm": float(np.mean([h["grad_norm"] for h in host])),
+                "images_per_s": 2 * o.batch_size * len(host) / elapsed,
+                "wall_time": time.time() - self.start, **self._communication(step)}
+
+    def _communication(self, step: int) -> Dict[str, Any]:
+        if self.comm is None:
+            return {}
+        exact, compressed, start = self.comm
+        sent = compressed if step > start else exact
+        return {"floats_exact": exact, "floats_sent": sent, "compression_ratio": exact / sent}
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
