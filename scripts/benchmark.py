@@ -161,7 +161,8 @@ def main(argv) -> None:
         results = plan.run_all(options_from())
         results["command"] = ("python scripts/benchmark.py " + " ".join(
             shlex.quote(a) for a in sys.argv[1:])).strip()
-    markdown = report.render(results, results.get("command", "python scripts/benchmark.py"))
+    markdown = report.render(results, results.get("command", "python scripts/benchmark.py"),
+                             hand_written=report.hand_written_in(FLAGS.md))
     print(markdown)
     for path, text in ((out_json, json.dumps(results, indent=1)), (FLAGS.md, markdown)):
         if path:

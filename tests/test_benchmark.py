@@ -111,10 +111,15 @@ def test_command_line_takes_absl_flags(tmp_path):
                            "python": "3", "load_avg_start": 0.0, "load_avg_end": 0.0},
                "wall_s": 1.0, "jobs": [], "command": "python scripts/benchmark.py --quick"}
     (tmp_path / "results.json").write_text(json.dumps(results))
+    from bt_jax.benchmark import report
+    # a rerun over an earlier markdown keeps its hand-written notes and replaces the rest
+    (tmp_path / "out.md").write_text("# Benchmarks\n\nold table\n" + report.HAND_WRITTEN[0]
+                                     + "\nnotes by hand\n" + report.HAND_WRITTEN[1] + "\n")
     done = bench("--render", str(tmp_path / "results.json"), "--md", str(tmp_path / "out.md"))
     assert done.returncode == 0, done.stderr[-2000:]
     markdown = (tmp_path / "out.md").read_text()
     assert markdown.startswith("# Benchmarks") and "python scripts/benchmark.py --quick" in markdown
+    assert "notes by hand" in markdown and "old table" not in markdown
     assert json.loads((tmp_path / "results.json").read_text()) == results  # input untouched
 
 

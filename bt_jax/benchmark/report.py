@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from bt_jax.benchmark import comm
@@ -480,6 +481,14 @@ def hand_written_block(markdown: str) -> str:
     if start < 0 or end < start:
         return ""
     return markdown[start:end + len(HAND_WRITTEN[1])]
+
+
+def hand_written_in(md_path: str) -> str:
+    """``hand_written_block`` of the file about to be overwritten ('' if there is none)."""
+    if not md_path or not os.path.exists(md_path):
+        return ""
+    with open(md_path) as f:
+        return hand_written_block(f.read())
 
 
 def render(results: Dict[str, Any], command: str, hand_written: str = "") -> str:
