@@ -89,6 +89,9 @@ def base_config() -> config_dict.ConfigDict:
     config.model.bn_mode = "train"
     # Inception-ResNet only: the backbone's output, 'bottleneck' (512-d) or 'pooled' (1792-d).
     config.model.output = "bottleneck"
+    # Inception-ResNet only: recompute each block's activations in the backward pass rather
+    # than keep them (same loss and gradients; less memory for deeper splits, more compute).
+    config.model.remat = False
 
     config.loss = config_dict.ConfigDict()
     config.loss.lambd = 0.0051

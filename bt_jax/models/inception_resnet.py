@@ -147,6 +147,9 @@ class InceptionResNetV1(nn.Module):
     start_after: Optional[str] = None
     stop_after: Optional[str] = None
     frozen_bn: bool = False  # BatchNorm uses its running statistics in training too
+    # Recompute each block's activations in the backward pass instead of keeping them:
+    # the same function and gradients, a fraction of the memory, ~1/3 more compute.
+    remat: bool = False
     dtype: Any = jnp.float32
     axis_name: Optional[str] = None
 
@@ -209,9 +212,11 @@ class InceptionResNetV1(nn.Module):
         if kind == "max_pool":
             return ops.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         if kind == "block":
-            return ResidualBlock(*args, conv, norm, name=name)(x)
+            block = nn.remat(ResidualBlock) if self.remat else ResidualBlock
+            return block(*args, conv, norm, name=name)(x)
         if kind == "reduction":
-            return Reduction(args, conv, norm, name=name)(x)
+            reduction = nn.remat(Reduction) if self.remat else Reduction
+            return reduction(args, conv, norm, name=name)(x)
         if kind == "mean_pool":
             return jnp.mean(x, axis=(1, 2))  # the graph's AvgPool over the whole final map
         return DenseBN(self.embedding_size, self.dtype, norm, name=name)(x)

@@ -19,6 +19,8 @@ FILE = workdir_files.CONFIG
 # Dotted prefixes of the fields that shape the state or what a step means.
 STATE_FIELDS = ("model.", "data.image_size", "data.normalization", "optim.batch_size",
                 "optim.name", "num_devices", "reducer.name", "reducer.powersgd.rank")
+# Under those prefixes but free to change: how a step is computed, not what it computes.
+FREE_FIELDS = ("model.remat",)
 
 
 def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -34,7 +36,8 @@ def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 def _state_fields(config) -> Dict[str, Any]:
     flat = flatten(json.loads(config.to_json()))
     chosen = {k: v for k, v in flat.items()
-              if any(k == f or (f.endswith(".") and k.startswith(f)) for f in STATE_FIELDS)}
+              if any(k == f or (f.endswith(".") and k.startswith(f)) for f in STATE_FIELDS)
+              and k not in FREE_FIELDS}
     if flat.get("model.freeze_until"):
         chosen["init"] = flat.get("init")  # the frozen trunk's weights shape the inputs
     return chosen
