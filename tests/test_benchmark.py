@@ -351,3 +351,27 @@ def test_a_rerun_keeps_the_hand_written_section_of_the_markdown():
     assert block.startswith(report.HAND_WRITTEN[0]) and "measured by hand" in block
     assert block.endswith(report.HAND_WRITTEN[1])
     assert report.hand_written_block("# Benchmarks\n\nno notes\n") == ""
+
+
+@pytest.mark.slow
+def test_step_memory_grows_by_exactly_the_extra_input_bytes(tiny):
+    """XLA's memory analysis of the compiled step: doubling the batch adds exactly the
+    extra uint8 images to the arguments (the state does not change), and more temporaries."""
+    from bt_jax.benchmark import memory
+
+    tiny.model.freeze_until = ""
+    small, large = (memory.step_memory(_with_batch(tiny, b)) for b in (16, 32))
+    size = tiny.data.image_size
+    extra = 2 * (32 - 16) // tiny.num_devices * size * size * 3  # two views, uint8
+    assert large.arguments - small.arguments == extra
+    assert large.temporaries > small.temporaries > 0 and small.peak > small.arguments
+    with pytest.raises(ValueError, match="batch 12 does not split over 8 devices"):
+        next(memory.sweep(tiny, [""], [12], [False]))
+
+
+def _with_batch(config, batch):
+    import copy
+
+    config = copy.deepcopy(config)
+    config.optim.batch_size = batch
+    return config
