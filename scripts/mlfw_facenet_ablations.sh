@@ -6,12 +6,17 @@
 # for train). Finished runs are skipped, so an interrupted script picks up where it stopped.
 #
 #   bash scripts/mlfw_facenet_ablations.sh tune    # runs/facenet_tune/<name>
+#   bash scripts/mlfw_facenet_ablations.sh deep    # the deeper splits (issue 28), the same way
 #   bash scripts/mlfw_facenet_ablations.sh final   # runs/mlfw_facenet, runs/mlfw_facenet_powersgd
+#   CONFIG=configs/mlfw_facenet_deep.py bash scripts/mlfw_facenet_ablations.sh final
+#       # the same for a variant: runs/mlfw_facenet_deep, runs/mlfw_facenet_deep_powersgd
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TUNE="${TUNE:-runs/facenet_tune}"
 VAL="${VAL:-../shared/data/mlfw/val}"
-config=(--config configs/mlfw_facenet.py)
+CONFIG="${CONFIG:-configs/mlfw_facenet.py}"
+RUN="runs/$(basename "$CONFIG" .py)"
+config=(--config "$CONFIG")
 
 tune() {  # name, then config overrides
     local dir="$TUNE/$1"; shift
@@ -40,15 +45,23 @@ tune)
     tune backbone_lr_1x --config.optim.backbone_lr_scale=1.0
     tune lars --config.optim.name=lars --config.optim.backbone_lr_scale=0.1
     ;;
+deep)  # the layers from the split on train; fewer epochs, as the held-out curve stops rising
+    tune deep6a --config.model.freeze_until=Mixed_6a --config.train.epochs=4 \
+        --config.evals.knn.every_epochs=1
+    tune deep17_5 --config.model.freeze_until=block17_5 --config.train.epochs=4 \
+        --config.evals.knn.every_epochs=1
+    tune deep6a_lr03 --config.model.freeze_until=Mixed_6a --config.train.epochs=4 \
+        --config.evals.knn.every_epochs=1 --config.optim.backbone_lr_scale=0.3
+    ;;
 final)
-    final runs/mlfw_facenet
-    evaluate runs/mlfw_facenet/eval_zero_shot_split --config.model.freeze_until= \
+    final "$RUN"
+    evaluate "$RUN/eval_zero_shot_split" --config.model.freeze_until= \
         --init converted_weights/facenet_casia --pairs generate
-    final runs/mlfw_facenet_powersgd --config.reducer.name=powersgd \
+    final "${RUN}_powersgd" --config.reducer.name=powersgd \
         --config.reducer.powersgd.start_iter=14
-    python scripts/compare_results.py runs/mlfw_facenet_powersgd/eval_split/results.json \
-        runs/mlfw_facenet/eval_split/results.json
+    python scripts/compare_results.py "${RUN}_powersgd/eval_split/results.json" \
+        "$RUN/eval_split/results.json"
     ;;
 *)
-    echo "usage: $0 tune|final" >&2; exit 2 ;;
+    echo "usage: $0 tune|deep|final" >&2; exit 2 ;;
 esac

@@ -36,6 +36,11 @@ def test_configs_load_and_take_overrides():
     assert (mlfw.optim.batch_size, mlfw.data.image_size, mlfw.model.projector) == (
         512, 244, "2048-4096-8192")
     assert mlfw.init.startswith("converted_weights/")
+    # a variant: its base recipe with a few fields overridden, overrides still applying
+    deep = _parse("mlfw_facenet_deep", "--config.optim.batch_size=128")
+    base = _parse("mlfw_facenet")
+    assert (deep.model.freeze_until, base.model.freeze_until) == ("Mixed_6a", "Mixed_7a")
+    assert deep.optim.batch_size == 128 and deep.optim.lr == base.optim.lr
 
 
 def test_unknown_config_key_is_rejected():
