@@ -40,8 +40,11 @@ def create_model(config, axis_name=None) -> BarlowTwins:
     check_model(config)
     m = config.model
     dtype = DTYPES[m.dtype]
+    settings = trunk.head_settings(config)  # shared with the PyTorch twin of the benchmark
+    if m.arch in trunk.INCEPTION_ARCHS:
+        settings["remat"] = m.remat  # how the step is computed: the twin has no such switch
     backbone = create_backbone(m.arch, m.pool_window, dtype=dtype, axis_name=axis_name,
-                               **trunk.head_settings(config))
+                               **settings)
     projector = Projector(parse_projector_sizes(m.projector), dtype=dtype, axis_name=axis_name)
     return BarlowTwins(backbone, projector)
 

@@ -181,7 +181,7 @@ def head_settings(config) -> Dict[str, Any]:
         return {}
     m = config.model
     return {"output": m.output, "start_after": m.freeze_until or None,
-            "frozen_bn": m.bn_mode == "inference", "remat": m.remat}
+            "frozen_bn": m.bn_mode == "inference"}
 
 
 def input_shape(config) -> Tuple[int, ...]:
