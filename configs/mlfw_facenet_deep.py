@@ -1,8 +1,8 @@
 """configs/mlfw_facenet.py with the split at Mixed_6a: the ten block17 and Mixed_7a train too.
 
-The frozen trunk ends at Mixed_6a (17x17x896 activations per image, cached in float16:
-about 0.5 MB an image instead of 31 KB), so 20.5M of FaceNet's parameters train instead
-of 10.5M, and each step costs about three times as much; 4 epochs instead of 10, since
+The frozen trunk ends at Mixed_6a (8x8x896 activations per 160 px image, cached in
+float16: about 115 KB an image instead of 32 KB), so 20.8M of FaceNet's parameters train
+instead of 10.5M, and a step costs several times as much; 4 epochs instead of 10, since
 the held-out curve levels off after epoch 3 (docs/results.md, "Training deeper").
 
   python scripts/train.py --config configs/mlfw_facenet_deep.py --workdir runs/mlfw_facenet_deep
