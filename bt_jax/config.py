@@ -90,7 +90,7 @@ def base_config() -> config_dict.ConfigDict:
     # Inception-ResNet only: the backbone's output, 'bottleneck' (512-d) or 'pooled' (1792-d).
     config.model.output = "bottleneck"
     # Inception-ResNet only: recompute each block's activations in the backward pass rather
-    # than keep them (same loss and gradients; less memory for deeper splits, more compute).
+    # than keep them (same loss and gradients, more compute; on FaceNet no memory saved).
     config.model.remat = False
 
     config.loss = config_dict.ConfigDict()

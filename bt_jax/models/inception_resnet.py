@@ -148,7 +148,8 @@ class InceptionResNetV1(nn.Module):
     stop_after: Optional[str] = None
     frozen_bn: bool = False  # BatchNorm uses its running statistics in training too
     # Recompute each block's activations in the backward pass instead of keeping them:
-    # the same function and gradients, a fraction of the memory, ~1/3 more compute.
+    # the same function and gradients, more compute. On FaceNet it saved no memory (each
+    # block's residual input dominates and is kept either way: docs/results.md).
     remat: bool = False
     dtype: Any = jnp.float32
     axis_name: Optional[str] = None
