@@ -143,7 +143,8 @@ def _embedder(config):
         init = _INIT.value or config.init
         weights = f"untrained (seed {config.seed})" if init == "scratch" else f"init {init}"
     title = f"{config.model.arch} {config.eval.embedding}, {weights}"
-    return (embedder.NetworkEmbedder(config, loaded.variables), title,
+    # cache: a frozen trunk's activations of the folder serve every checkpoint evaluated
+    return (embedder.NetworkEmbedder(config, loaded.variables, cache=True), title,
             {"embedding": config.eval.embedding, "weights": weights,
              "model": config.model.to_dict(), "image_size": config.data.image_size,
              "normalization": config.data.normalization})

@@ -61,11 +61,14 @@ def load_weights(config, *, workdir: str | None = None, init: str | None = None)
 class NetworkEmbedder:
     """Callable uint8 images (N, S, S, 3) -> float32 features (N, D) under pmap."""
 
-    def __init__(self, config, variables: Dict[str, Any], *, progress: bool = True):
+    def __init__(self, config, variables: Dict[str, Any], *, progress: bool = True,
+                 cache: bool = False):
         # A frozen trunk keeps config.init's weights: the Network runs images through it
-        # first (its activations cached like in training), then the trained head.
+        # first, then the trained head. Its activations are cached only with ``cache``:
+        # worth it for a folder evaluated again (evaluate.py), not for identify's queries,
+        # each a new set of images whose cache file nothing would read or remove.
         self.network = Network(config, progress=progress)
-        self.config, self.progress = config, progress
+        self.config, self.progress, self.cache = config, progress, cache
         self.embed = embedding.compile_embed(config)
         self.variables = parallel.replicate(variables, parallel.device_mesh(config.num_devices))
 
@@ -76,7 +79,7 @@ class NetworkEmbedder:
         if images.shape[1:] != (size, size, 3):
             raise ValueError(f"images of shape {images.shape[1:]} but the model expects "
                              f"({size}, {size}, 3) (config.data.image_size).")
-        inputs = self.network.inputs(images, "evaluation images")
+        inputs = self.network.inputs(images, "evaluation images", cache=self.cache)
         batch = self.config.eval.batch_size
         # One batch per call: compute_embeddings pads only the last, partial one.
         chunks = [embedding.compute_embeddings(self.embed, self.variables,

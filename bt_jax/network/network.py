@@ -53,20 +53,22 @@ class Network:
             self._trunk = trunk.Trunk(self.config, progress=self.progress)
         return self._trunk
 
-    def input_transform(self, name: str) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    def input_transform(self, name: str, *, cache: bool = True
+                        ) -> Optional[Callable[[np.ndarray], np.ndarray]]:
         """uint8 images of a whole split -> the network's inputs, or None when the network
         reads the images themselves (so a split may be streamed). ``name`` labels the
-        cache file."""
+        cache file; ``cache=False`` runs the trunk without writing one (a cache file read
+        again is worth its disk, one per query is not)."""
         if not trunk.is_frozen(self.config):
             return None
-        return functools.partial(self._activations, name=name)
+        return functools.partial(self._activations, name=name, cache=cache)
 
-    def _activations(self, images: np.ndarray, name: str) -> np.ndarray:
-        return self.frozen_trunk.activations(images, name)[0]
+    def _activations(self, images: np.ndarray, name: str, cache: bool) -> np.ndarray:
+        return self.frozen_trunk.activations(images, name, write=cache)[0]
 
-    def inputs(self, images: np.ndarray, name: str) -> np.ndarray:
+    def inputs(self, images: np.ndarray, name: str, *, cache: bool = True) -> np.ndarray:
         """What the trainable part reads for ``images`` (uint8 N x S x S x 3)."""
-        transform = self.input_transform(name)
+        transform = self.input_transform(name, cache=cache)
         return images if transform is None else transform(images)
 
     def embed_function(self, variables: Dict[str, Any]) -> Callable:

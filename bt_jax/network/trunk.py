@@ -12,14 +12,20 @@ to the trunk's input, are skipped.
 The cache is keyed by everything its content depends on: the trunk's weights, the
 decoded pixels of every image (so the image files, their order, size and resizing), the
 normalisation preset, the architecture and the split layer. Any change gives another
-key, so a stale file is never read.
+key, so a stale file is never read. A file is trusted by its content, not its name: each
+key's sidecar ``<key>.json`` holds the digest of the array, which lies in
+``<key>.<digest>.npy``; a file that does not match (garbage, cut short, or written before
+digests were kept) is recomputed with a warning that names it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import warnings
+from collections.abc import Callable
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -107,6 +113,39 @@ def cache_key(config, variables, images: np.ndarray) -> str:
     return digest([images], settings)
 
 
+class CacheWriteError(OSError, ValueError):
+    """A trunk cache file could not be written (a full disk, a cache folder that cannot be
+    one). A ValueError too, so that the scripts report it in one line like bad input."""
+
+
+def _write_error(path: str, error: OSError) -> CacheWriteError:
+    return CacheWriteError(
+        f"cannot write the frozen trunk's cache file {path}: {error.strerror or error}. Free "
+        "space on that disk, or point config.data.trunk_cache_dir (or the BT_JAX_CACHE "
+        "environment variable) at a writable folder on another one.")
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _staged_write(path: str, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through a staging file renamed into place, so that a reader sees all
+    of it or none. On any failure the staging file is removed: a full disk must not be
+    kept full by what failed to fit."""
+    staging = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(staging, "wb") as f:
+            write(f)
+        os.replace(staging, path)
+    except BaseException as error:  # an interrupt too: nothing half-written stays
+        _remove(staging)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
+        raise
+
+
 def forward(model, variables, images, config):
     """uint8 images -> the trunk's activations, rounded to the cache's float16: what the
     head trains and is evaluated on, whether cached or computed in one function."""
@@ -153,26 +192,76 @@ class Trunk:
             raise ValueError("no images to run through the frozen trunk.")
         return np.concatenate(out)
 
-    def activations(self, images: np.ndarray, name: str = "images") -> Tuple[np.ndarray, str]:
-        """(activations, cache file) of ``images``, computed once per key."""
+    def activations(self, images: np.ndarray, name: str = "images", *,
+                    write: bool = True) -> tuple[np.ndarray, str]:
+        """(activations, cache file) of ``images``: read from the cache when its file
+        matches its digest, else computed and, if ``write``, cached (else the file is '')."""
         key = cache_key(self.config, self.variables, images)
-        path = os.path.join(self.cache_dir, f"{key}.npy")
-        if os.path.isfile(path):
-            cached = np.load(path)
-            if len(cached) == len(images):
-                return cached, path
+        cached, path = self._read(key, len(images))
+        if cached is not None:
+            return cached, path
         acts = self.compute(images)
-        os.makedirs(self.cache_dir, exist_ok=True)
-        staging = f"{path}.tmp-{os.getpid()}"
-        with open(staging, "wb") as f:
-            np.save(f, acts)
-        os.replace(staging, path)  # atomic: a concurrent reader sees all or nothing
-        with open(os.path.join(self.cache_dir, f"{key}.json"), "w") as f:
-            json.dump({"what": name, "images": len(images), "shape": list(acts.shape),
-                       "arch": self.config.model.arch,
-                       "freeze_until": self.config.model.freeze_until,
-                       "init": self.config.init}, f, indent=2)
+        return acts, (self._write(key, acts, name, stale=path) if write else "")
+
+    def _sidecar(self, key: str) -> dict[str, Any] | None:
+        """The sidecar of ``key``: None if there is none, {} if it cannot be read."""
+        try:
+            with open(os.path.join(self.cache_dir, f"{key}.json")) as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def _read(self, key: str, count: int) -> tuple[np.ndarray | None, str | None]:
+        """(activations, file) if ``key``'s file matches the digest in its sidecar; else
+        (None, the bad file or None), with a warning that names a bad file."""
+        meta, legacy = self._sidecar(key), os.path.join(self.cache_dir, f"{key}.npy")
+        if meta is None and not os.path.exists(legacy):
+            return None, None  # never computed
+        name = (meta or {}).get("file")
+        if not (isinstance(name, str) and name == os.path.basename(name) and meta.get("digest")):
+            bad = legacy if os.path.exists(legacy) else os.path.join(self.cache_dir, f"{key}.json")
+            return _rejected(bad, "has no digest to check it against (written before "
+                                  "digests were kept, or its sidecar is damaged)")
+        path = os.path.join(self.cache_dir, name)
+        try:
+            acts = np.load(path)  # no pickles: a cache file cannot run code
+        except (OSError, ValueError, EOFError) as error:
+            return _rejected(path, f"cannot be read ({error})")
+        if len(acts) != count or digest([acts], {}) != meta["digest"]:
+            return _rejected(path, "does not match the digest written with it")
         return acts, path
+
+    def _write(self, key: str, acts: np.ndarray, name: str, stale: str | None) -> str:
+        """Cache ``acts`` under ``key``: the array in a file named by its digest, then the
+        sidecar with that digest, which commits the pair. Each is renamed into place, so a
+        concurrent reader finds the old pair or the new one, never half of one."""
+        check = digest([acts], {})
+        path = os.path.join(self.cache_dir, f"{key}.{check[:16]}.npy")
+        meta_path = os.path.join(self.cache_dir, f"{key}.json")
+        meta = {"what": name, "images": len(acts), "shape": list(acts.shape),
+                "arch": self.config.model.arch, "freeze_until": self.config.model.freeze_until,
+                "init": self.config.init, "file": os.path.basename(path), "digest": check}
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+        except OSError as error:
+            raise _write_error(path, error) from None
+        _staged_write(path, lambda f: np.save(f, acts))
+        try:
+            _staged_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        except BaseException:
+            _remove(path)  # an array without its sidecar is never read: free its space
+            raise
+        for old in {stale, os.path.join(self.cache_dir, f"{key}.npy")} - {None, path, meta_path}:
+            _remove(old)  # the rejected file, and one from before digests were kept
+        return path
+
+
+def _rejected(path: str, why: str) -> tuple[None, str]:
+    warnings.warn(f"frozen trunk cache file {path} {why}: it is recomputed.", stacklevel=4)
+    return None, path
 
 
 def head_settings(config) -> Dict[str, Any]:

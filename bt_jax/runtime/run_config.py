@@ -4,6 +4,10 @@ A checkpoint only means something under the settings that shaped its state and t
 meaning of its steps. Those must match when a run resumes (scripts/train.py) or is loaded
 for evaluation (scripts/evaluate.py); logging and evaluation settings may change, and
 ``train.epochs`` may change with a warning (the schedule is recomputed from it).
+
+A frozen trunk (``config.model.freeze_until``) is read from ``config.init`` again at every
+resume and evaluation, so the path is not enough: the digest of the weights there is
+recorded too, and weights replaced in that folder are refused.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ STATE_FIELDS = ("model.", "data.image_size", "data.normalization", "optim.batch_
                 "optim.name", "num_devices", "reducer.name", "reducer.powersgd.rank")
 # Under those prefixes but free to change: how a step is computed, not what it computes.
 FREE_FIELDS = ("model.remat",)
+# config.json's one key besides the config's fields: the digest of the converted weights a
+# frozen trunk reads (pretrained.converted_digest). Only a frozen trunk's run records it:
+# any other run keeps every weight it trains in its checkpoint, and reads config.init again
+# only for the untrained step-0 baseline of a resume.
+DIGEST = "init_digest"
 
 
 def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -43,12 +52,26 @@ def _state_fields(config) -> Dict[str, Any]:
     return chosen
 
 
+def _frozen_weights(config) -> bool:
+    """Whether the run reads a frozen trunk from converted weights in config.init."""
+    return bool(config.model.get("freeze_until")) and config.init != "scratch"
+
+
+def _init_digest(config) -> str:
+    from bt_jax.weights.pretrained import converted_digest  # orbax: only when needed
+
+    return converted_digest(config.init)
+
+
 def save(config, workdir: str) -> str:
-    """Write ``workdir/config.json`` atomically."""
+    """Write ``workdir/config.json`` atomically, with the frozen trunk's weights' digest."""
+    record = json.loads(config.to_json())
+    if _frozen_weights(config):
+        record[DIGEST] = _init_digest(config)
     path = os.path.join(workdir, FILE)
     staging = f"{path}.tmp-{os.getpid()}"
     with open(staging, "w") as f:
-        f.write(config.to_json(indent=2) + "\n")
+        f.write(json.dumps(record, indent=2) + "\n")
     os.replace(staging, path)
     return path
 
@@ -89,8 +112,32 @@ def check(config, workdir: str, *, action: str) -> None:
             f"cannot {action} the run in {workdir}: its config ({FILE}) differs in fields "
             f"that shape the checkpoint or what a step means: {rows}. Either restore those "
             "values (pass the run's config), or use a new --workdir for the new settings.")
+    _check_weights(saved, config, workdir, action)
     epochs = saved.get("train", {}).get("epochs")
     if action == "resume" and epochs is not None and epochs != config.train.epochs:
         warnings.warn(f"train.epochs changed from {epochs} to {config.train.epochs}: the "
                       "learning-rate schedule is recomputed for the new length from the "
                       "resumed step on.", stacklevel=2)
+
+
+def _check_weights(saved: dict[str, Any], config, workdir: str, action: str) -> None:
+    """Stop if the converted weights of the run's frozen trunk changed since it started:
+    its head was trained on the activations of those, not of the new ones."""
+    if not _frozen_weights(config):
+        return
+    recorded = saved.get(DIGEST)
+    if recorded is None:  # a run started before digests were recorded
+        warnings.warn(f"{os.path.join(workdir, FILE)} records no digest of the frozen trunk's "
+                      f"weights in config.init={config.init!r}, so they cannot be checked "
+                      "against the ones the run was trained on"
+                      + ("; they are recorded now." if action == "resume" else "."),
+                      stacklevel=3)
+        return
+    now = _init_digest(config)
+    if now != recorded:
+        raise ValueError(
+            f"cannot {action} the run in {workdir}: the converted weights in "
+            f"config.init={config.init!r} changed since the run started (digest {recorded} "
+            f"then, {now} now), and its head was trained on the frozen trunk of the old "
+            f"ones. Put the run's weights back in {config.init}, or train the new ones in a "
+            "new --workdir.")

@@ -7,6 +7,7 @@ and ``manifest.json`` describing where it came from.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Tuple
 
@@ -47,6 +48,18 @@ def read_converted(path: str) -> Any:
         raise FileNotFoundError(f"config.init={path!r}: no converted weights at "
                                 f"{variables_dir}.\n{HOW_TO_FIX}")
     return ocp.StandardCheckpointer().restore(variables_dir)
+
+
+def converted_digest(path: str) -> str:
+    """sha256 (32 hex) of every array of ``path``'s converted weights: names, shapes, dtypes
+    and values. Of the arrays, not the files' bytes: orbax names its files at random and
+    stamps the time, so converting the same weights again must give the same digest."""
+    h = hashlib.sha256()
+    for key, leaf in jax.tree_util.tree_flatten_with_path(read_converted(path))[0]:
+        leaf = np.ascontiguousarray(leaf)
+        h.update(f"{jax.tree_util.keystr(key)} {leaf.shape} {leaf.dtype.str}\n".encode())
+        h.update(leaf.data)
+    return h.hexdigest()[:32]
 
 
 def _layers_of(tree, target):
