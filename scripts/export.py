@@ -40,7 +40,8 @@ _OUT = flags.DEFINE_string("out", None, "Folder for embedder.bin and embedder.js
                            "exported function takes aligned face crops (uint8, N x S x S x 3, "
                            "S = config.data.image_size); there is no face detector.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --out.")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the artifact runs on.")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the artifact runs on: "
+                               "cpu, cuda, rocm, tpu.")
 flags.mark_flags_as_required(["config", "out"])
 
 
@@ -49,6 +50,7 @@ def _check_args(config) -> None:
     from bt_jax.identify import export
 
     export.check_out_dir(_OUT.value, _OVERWRITE.value)
+    export.check_platforms(_PLATFORMS.value)
     if _WORKDIR.value is not None:
         from bt_jax.runtime import run_config
 

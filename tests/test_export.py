@@ -126,7 +126,8 @@ def test_wrong_images_and_folders_are_refused_by_name(scratch, tmp_path):
     shutil.copytree(scratch[2], future)
     info = json.loads((future / exported.INFO_FILE).read_text())
     (future / exported.INFO_FILE).write_text(json.dumps({**info, "format_version": 99}))
-    with pytest.raises(ValueError, match="format_version 99; this bt_jax reads version 1"):
+    with pytest.raises(ValueError, match="format_version 99; this bt_jax reads version "
+                                         f"{exported.FORMAT_VERSION}"):
         exported.load_embedder(str(future))
 
 

@@ -11,6 +11,7 @@ imports (model code, flax).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,9 @@ from bt_jax.network.network import Network
 from bt_jax.identify.exported import (FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE)
 
 PLATFORMS = ("cpu", "cuda")
+# What jax.export lowers for. It accepts any other name too (even "CPU") and the artifact
+# then fails at its first call, far from the export.
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 INPUTS_NOTE = ("aligned face crops, prepared like the training images: uint8 RGB, "
                "(N, image_size, image_size, 3); this project has no face detector")
 
@@ -37,20 +41,41 @@ def export_embedder(config, variables: Dict[str, Any], out_dir: str, *,
     if it holds an earlier export (nothing else is ever deleted).
     """
     check_out_dir(out_dir, overwrite)
+    platforms = check_platforms(platforms)
     size = int(config.data.image_size)
     shape = jax.export.symbolic_shape(f"b, {size}, {size}, 3")
     exported = jax.export.export(jax.jit(Network(config).embed_function(variables)),
-                                 platforms=tuple(platforms))(
+                                 platforms=platforms)(
         jax.ShapeDtypeStruct(shape, jnp.uint8))
+    function = bytes(exported.serialize())
     info = {"format_version": FORMAT_VERSION, "inputs": INPUTS_NOTE,
             **embedding.preprocessing(config),
             "feature_dim": int(exported.out_avals[0].shape[-1]), "l2_normalized": False,
             "arch": config.model.arch, "freeze_until": config.model.get("freeze_until") or None,
             "fingerprint": embedding.fingerprint(config, variables),
-            "jax_version": jax.__version__, "platforms": list(exported.platforms)}
-    _write(out_dir, {FUNCTION_FILE: bytes(exported.serialize()),
+            "jax_version": jax.__version__, "platforms": list(exported.platforms),
+            # Ties the .json to this .bin: the loader refuses a .bin of another export.
+            "function_sha256": hashlib.sha256(function).hexdigest()}
+    _write(out_dir, {FUNCTION_FILE: function,
                      INFO_FILE: (json.dumps(info, indent=2) + "\n").encode()})
     return out_dir
+
+
+def check_platforms(platforms: Sequence[str]) -> tuple:
+    """``platforms`` as a tuple, refused before the compile unless jax.export knows them."""
+    platforms = tuple(platforms)
+    if not platforms:
+        raise ValueError(f"--platforms is empty; name one or more of "
+                         f"{', '.join(KNOWN_PLATFORMS)} (default: {','.join(PLATFORMS)}).")
+    for name in platforms:
+        if name not in KNOWN_PLATFORMS:
+            raise ValueError(f"--platforms: {name!r} is not a platform jax.export compiles "
+                             f"for; use {', '.join(KNOWN_PLATFORMS)} (default: "
+                             f"{','.join(PLATFORMS)}).")
+    if len(set(platforms)) != len(platforms):
+        raise ValueError(f"--platforms {','.join(platforms)} names a platform twice; name "
+                         "each once.")
+    return platforms
 
 
 def check_out_dir(out_dir: str, overwrite: bool) -> None:
@@ -59,6 +84,7 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
         raise ValueError("the export folder is empty; name a folder for the embedder.")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"export folder {out_dir!r} is a file; name a folder.")
+    _check_writable_parent(out_dir)
     existing = os.listdir(out_dir) if os.path.isdir(out_dir) else []
     if existing and not overwrite:
         raise FileExistsError(f"export folder {out_dir!r} is not empty; pass --overwrite "
@@ -68,6 +94,21 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
     if others:
         raise FileExistsError(f"export folder {out_dir!r} holds {others[:3]}, not only an "
                               "earlier export; it is never deleted: name another folder.")
+
+
+def _check_writable_parent(out_dir: str) -> None:
+    """The export is staged beside ``out_dir`` and renamed into place, so the nearest
+    existing folder above it must be a writable folder: found here, not after the
+    compile."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"export folder {out_dir!r} is under {parent!r}, a file; name a "
+                         "folder elsewhere.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"export folder {out_dir!r} cannot be written: {parent!r} is not "
+                         "writable; name a folder you can write to.")
 
 
 def _write(out_dir: str, files: Dict[str, bytes]) -> None:

@@ -16,6 +16,7 @@ has no face detector.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict
@@ -23,10 +24,16 @@ from typing import Any, Dict
 import jax
 import numpy as np
 
-FORMAT_VERSION = 1
+# 2: embedder.json records embedder.bin's sha256 (function_sha256), checked at load.
+FORMAT_VERSION = 2
 FUNCTION_FILE = "embedder.bin"
 INFO_FILE = "embedder.json"
 FILES = (FUNCTION_FILE, INFO_FILE)
+# The keys of embedder.json that the loader reads or that describe the input contract, with
+# their types; other keys (arch, jax_version, ...) are notes for people.
+INFO_TYPES = {"format_version": int, "image_size": int, "crop_size": int,
+              "normalization": str, "embedding": str, "metric": str, "feature_dim": int,
+              "fingerprint": str, "platforms": list, "function_sha256": str}
 # Rows per call: bounds the activations held at once, whatever N the caller passes.
 CHUNK = 256
 
@@ -47,12 +54,37 @@ def read_info(out_dir: str) -> Dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); export again with "
                          "scripts/export.py.") from None
-    version = info.get("format_version") if isinstance(info, dict) else None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} holds a {type(info).__name__}, not an object of the "
+                         "embedder's settings; export again with scripts/export.py.")
+    version = info.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {version!r}; this bt_jax reads "
                          f"version {FORMAT_VERSION}. Load it with the bt_jax that wrote it, "
                          "or export again.")
+    check_info(info, path)
     return info
+
+
+def check_info(info: Dict[str, Any], path: str) -> None:
+    """Every key of INFO_TYPES present with its type: an edited or cut file is named here,
+    not as a KeyError or a wrong verdict on the caller's images later."""
+    missing = sorted(set(INFO_TYPES) - set(info))
+    if missing:
+        raise ValueError(f"{path} lacks the key{'s' * (len(missing) > 1)} "
+                         f"{', '.join(missing)}; export again with "
+                         "scripts/export.py.")
+    for key, kind in INFO_TYPES.items():
+        value = info[key]
+        # bool is an int to isinstance, but True is no image size.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}: {key} is {value!r} ({type(value).__name__}), not "
+                             f"{'an' if kind is int else 'a'} {kind.__name__}; export again "
+                             "with scripts/export.py.")
+    small = [k for k in ("image_size", "crop_size", "feature_dim") if info[k] < 1]
+    if small:
+        raise ValueError(f"{path}: {small[0]} is {info[small[0]]}, not a positive size; "
+                         "export again with scripts/export.py.")
 
 
 class ExportedEmbedder:
@@ -61,20 +93,12 @@ class ExportedEmbedder:
     def __init__(self, out_dir: str):
         self.info = read_info(out_dir)
         self.out_dir = out_dir
-        self.image_size = int(self.info["image_size"])
+        self.image_size = self.info["image_size"]
         self.fingerprint = self.info["fingerprint"]
         self.metric = self.info["metric"]
-        self.feature_dim = int(self.info["feature_dim"])
-        with open(os.path.join(out_dir, FUNCTION_FILE), "rb") as f:
-            serialized = bytearray(f.read())
-        try:
-            self.exported = jax.export.deserialize(serialized)
-        except ImportError:
-            raise
-        except Exception as e:  # noqa: BLE001 (a damaged file raises anything)
-            raise ValueError(f"{os.path.join(out_dir, FUNCTION_FILE)} cannot be read as a "
-                             f"jax.export function ({type(e).__name__}: {e}); export "
-                             "again.") from None
+        self.feature_dim = self.info["feature_dim"]
+        self.exported = _read_function(out_dir, self.info)
+        _check_contract(self.exported, self.info, os.path.join(out_dir, INFO_FILE))
         # One compilation per padded batch shape (see _rows), reused on every call.
         self._call = jax.jit(self.exported.call)
 
@@ -103,6 +127,52 @@ class ExportedEmbedder:
     def __repr__(self) -> str:
         return (f"ExportedEmbedder({self.out_dir!r}, {self.info.get('arch')}, "
                 f"{self.image_size} px -> {self.feature_dim}, {self.metric})")
+
+
+def _read_function(out_dir: str, info: Dict[str, Any]):
+    """The deserialized ``embedder.bin``, refused unless its sha256 is the one its
+    ``embedder.json`` records: a .bin from another export would embed with another
+    network under this fingerprint."""
+    path = os.path.join(out_dir, FUNCTION_FILE)
+    with open(path, "rb") as f:
+        serialized = bytearray(f.read())
+    digest = hashlib.sha256(serialized).hexdigest()
+    if digest != info["function_sha256"]:
+        raise ValueError(f"{path} has sha256 {digest}, but {os.path.join(out_dir, INFO_FILE)} "
+                         f"records {info['function_sha256']}: the two files are not from one "
+                         "export (or the .bin was changed); export again with "
+                         "scripts/export.py.")
+    try:
+        return jax.export.deserialize(serialized)
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a damaged file raises anything)
+        raise ValueError(f"{path} cannot be read as a jax.export function "
+                         f"({type(e).__name__}: {e}); export again.") from None
+
+
+def _check_contract(function, info: Dict[str, Any], path: str) -> None:
+    """The .json's sizes and platforms are the function's: an edited ``image_size`` would
+    otherwise refuse the caller's correct crops, or pass wrong ones to the function."""
+    size = info["image_size"]
+    if len(function.in_avals) != 1 or len(function.out_avals) != 1:
+        raise ValueError(f"{path}'s embedder.bin takes {len(function.in_avals)} arrays and "
+                         f"gives {len(function.out_avals)}, not one batch of crops to one of "
+                         "embeddings; export again with scripts/export.py.")
+    # The batch dimension is symbolic ("b"); the others are plain ints.
+    takes = tuple(function.in_avals[0].shape)[1:]
+    gives = function.out_avals[0].shape[-1]
+    if takes != (size, size, 3):
+        raise ValueError(f"{path} says image_size {size}, but embedder.bin takes crops of "
+                         f"shape (N, {', '.join(map(str, takes))}): the .json does not "
+                         "belong to this function (edited?); export again.")
+    if gives != info["feature_dim"]:
+        raise ValueError(f"{path} says feature_dim {info['feature_dim']}, but embedder.bin "
+                         f"gives {gives} floats per image: the .json does not belong to this "
+                         "function (edited?); export again.")
+    if list(function.platforms) != info["platforms"]:
+        raise ValueError(f"{path} says platforms {info['platforms']}, but embedder.bin runs "
+                         f"on {list(function.platforms)}; export again.")
 
 
 def _rows(n: int) -> int:
