@@ -35,7 +35,10 @@ from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.identify.app import (enrol, exported_embedder, network_embedder, query,  # noqa: E402
                                  rebuild_embedder, write_rows)
-from bt_jax.identify.gallery import Gallery, list_queries  # noqa: E402
+from bt_jax.identify.crops import list_queries  # noqa: E402
+from bt_jax.identify.gallery import Gallery, check_settings, check_threshold  # noqa: E402
+from bt_jax.runtime.lock import FileLock, LockedError  # noqa: E402
+from bt_jax.runtime.workdir import check_output_file  # noqa: E402
 
 COMMANDS = ("enrol", "query", "report")
 define_set_up_flags()
@@ -70,51 +73,68 @@ def _embedder(config):
 def _settings(config):
     from bt_jax.config import base_config
 
-    return (config or base_config()).identify, (config or base_config()).seed
+    settings, seed = (config or base_config()).identify, (config or base_config()).seed
+    check_settings(settings)
+    return settings, seed
 
 
 def run_enrol(config) -> None:
     if not _IMAGES.value or not _OUT.value:
         raise ValueError("enrol needs --images (a folder of <identity>/<image>) and --out.")
-    existing = Gallery.load(_OUT.value) if _ADD.value else None
-    if existing is None and os.path.exists(_OUT.value):
-        raise ValueError(f"{_OUT.value} exists: pass --add to add people to it, or another "
-                         "--out.")
+    out = check_output_file(_OUT.value, "--out")
     settings, seed = _settings(config)
-    gallery, skipped, held = enrol(_embedder(config), _IMAGES.value,
-                                                identify_config=settings, seed=seed,
-                                                existing=existing)
-    _report_skipped(skipped)
-    gallery.save(_OUT.value)
-    print(f"gallery {_OUT.value}: {len(gallery.people)} people, {len(gallery.files)} images "
-          f"(fingerprint {gallery.fingerprint})")
-    if held:
-        c = gallery.calibration
-        print(f"held out {len(held)} people ({c['strangers']} images) as strangers; "
+    # One writer per gallery: a second `enrol --add` would replace the first one's people.
+    with FileLock(f"{out}.lock", f"the gallery {out}"):
+        existing = Gallery.load(out) if _ADD.value else None
+        if existing is None and os.path.exists(out):
+            raise ValueError(f"{out} exists: pass --add to add people to it, or another "
+                             "--out.")
+        done = enrol(_embedder(config), _IMAGES.value, identify_config=settings, seed=seed,
+                     existing=existing)
+        _report_skipped(done.skipped)
+        done.gallery.save(out)
+    g = done.gallery
+    print(f"gallery {out}: {len(g.people)} people, {len(g.files)} images (fingerprint "
+          f"{g.fingerprint}); {done.already} listed images were already in it")
+    if done.held:
+        print(f"held out {len(done.held)} new people as strangers (not enrolled)")
+    c = g.calibration
+    if c:
+        print(f"strangers: {len(g.strangers.people)} people ({c['strangers']} images); "
               f"thresholds for a gallery of {c['gallery_people']} people: "
               + ", ".join(f"FPIR {f}: {t:.4f}" for f, t in c["thresholds"].items()))
+    else:
+        print("no 'unknown' threshold: the gallery holds no strangers with a readable image "
+              "(--config.identify.holdout_fraction holds some out)")
 
 
 def run_query(config, paths) -> None:
     if not _GALLERY.value:
         raise ValueError("query needs --gallery (from `identify.py enrol`) and image paths.")
+    check_threshold(_THRESHOLD.value)
+    if _OUT.value:
+        for suffix in (".csv", ".json"):
+            check_output_file(_OUT.value + suffix, "--out")
+    settings, _ = _settings(config)
     gallery = Gallery.load(_GALLERY.value)
     images = list_queries(paths)
     embedder = (_embedder(config) if _EXPORTED.value or config is not None
                 else rebuild_embedder(gallery.source))
-    settings, _ = _settings(config)
-    rows, skipped, threshold = query(embedder, gallery, images,
-                                                  identify_config=settings,
-                                                  threshold=_THRESHOLD.value)
-    _report_skipped(skipped)
-    for row in rows:
+    done = query(embedder, gallery, images, identify_config=settings,
+                 threshold=_THRESHOLD.value)
+    _report_skipped(done.skipped)
+    if not done.rows:
+        raise ValueError(f"none of the {len(images)} images could be answered (each reason "
+                         "is above); give aligned face crops.")
+    print(done.how, file=sys.stderr)
+    for row in done.rows:
         if row["rank"] == 1:
             print(f"{row['image']}: {row['decision']} (best {row['identity']}, "
                   f"similarity {row['similarity']:.3f})")
     if _OUT.value:
-        meta = {"gallery": _GALLERY.value, "threshold": threshold,
-                "classifier": settings.classifier, "skipped": skipped}
-        print("wrote " + ", ".join(write_rows(rows, _OUT.value, meta)))
+        meta = {"gallery": _GALLERY.value, "threshold": done.threshold, "threshold_set": done.how,
+                "classifier": settings.classifier, "skipped": done.skipped}
+        print("wrote " + ", ".join(write_rows(done.rows, _OUT.value, meta)))
 
 
 def report(config) -> None:
@@ -123,10 +143,11 @@ def report(config) -> None:
 
     if not _DATA.value or not _OUT.value:
         raise ValueError("report needs --data_dir (labelled crops) and --out (a JSON file).")
+    check_output_file(_OUT.value, "--out")
     settings, seed = _settings(config)
     embedder = _embedder(config)
     records = folder_records(_DATA.value, embedder.preprocessing["image_size"])
-    results = measure(embedder, records, settings, seed=seed)
+    results = measure(embedder, records, settings, seed=seed, where=_DATA.value)
     with open(_OUT.value, "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps({"closed_set": results["closed_set"]["classifiers"],
@@ -154,7 +175,7 @@ def main(argv):
             run_query(_CONFIG.value, rest)
         else:
             report(_CONFIG.value)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, LockedError) as e:
         sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
 
 

@@ -22,6 +22,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.runtime.checkpointing import CheckpointWriteError  # noqa: E402
+from bt_jax.runtime.lock import LockedError  # noqa: E402
 from bt_jax.runtime.preemption import INTERRUPTED_EXIT_CODE, Preempted  # noqa: E402
 from bt_jax.train.loop import format_results, train_and_evaluate  # noqa: E402
 
@@ -51,7 +52,7 @@ def main(argv):
         # shuts down; the line above already says it all.
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         sys.exit(1)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, LockedError) as e:
         # Expected bad input or divergence: the message names the problem and the fix,
         # so a traceback would only hide it.
         sys.exit(f"error: {type(e).__name__}: {e}")

@@ -68,6 +68,10 @@ def _check_meaningful(gallery_ids: np.ndarray, known: np.ndarray) -> None:
         raise ValueError(f"the gallery holds {len(set(gallery_ids))} identity: 1-NN among one "
                          "identity is right by construction. Evaluate on at least two "
                          "identities (and probes of them).")
+    if not len(known):
+        raise ValueError("there are no probes at all: every identity has a single source "
+                         "photo, which the gallery takes. Evaluate on identities with at "
+                         "least two source photos (<Name>_SSSS_VVVV: two SSSS values).")
     if not known.any():
         raise ValueError("no probe's identity is in the gallery, so no probe can be "
                          "identified: check that the gallery and probe folders name the same "
@@ -90,16 +94,16 @@ class Identification:
 
     def evaluate(self, table: FeatureTable) -> IdentificationResult:
         a = self.assignment
+        gallery_ids = np.asarray([r.identity for r in a.gallery], dtype=object)
+        probe_ids = np.asarray([r.identity for r in a.probes], dtype=object)
+        known = np.isin(probe_ids, gallery_ids)
+        _check_meaningful(gallery_ids, known)  # before the search: no probes is no search
         gallery = table.rows([r.path for r in a.gallery])
         probes = table.rows([r.path for r in a.probes])
         nearest, distance = knn.nearest(gallery, probes, self.metric, self.search,
                                         **({"progress": self.progress}
                                            if self.search == "jax" else {}))
-        gallery_ids = np.asarray([r.identity for r in a.gallery], dtype=object)
-        probe_ids = np.asarray([r.identity for r in a.probes], dtype=object)
         correct = gallery_ids[nearest] == probe_ids
-        known = np.isin(probe_ids, gallery_ids)
-        _check_meaningful(gallery_ids, known)
         sources = {(r.identity, r.source) for r in a.gallery}
         leaked = np.asarray([(r.identity, r.source) in sources for r in a.probes], bool)
         true_nearest = self._true_nearest(gallery, probes, gallery_ids, probe_ids,

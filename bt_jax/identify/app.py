@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from bt_jax.identify.crops import embed_stream, list_enrolment
 from bt_jax.identify.gallery import (Classifier, Gallery, calibrate, check_same_embedder,
-                                     embed_images, holdout_people, identify, list_enrolment)
+                                     check_settings, check_threshold, check_width,
+                                     holdout_people, identify, stored_threshold)
 
 
 # The fields of embedding.preprocessing that an exported embedder's JSON carries too.
@@ -73,61 +75,113 @@ def rebuild_embedder(source: Dict[str, Any]) -> Embedder:
 # enrol
 
 
-def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
-          existing: Optional[Gallery] = None) -> tuple:
-    """(gallery, skipped {path: why}, held-out people) from ``folder/<identity>/<image>``.
+class Enrolled(NamedTuple):
+    gallery: Gallery
+    skipped: Dict[str, str]   # {path: why}
+    held: List[str]           # people newly held out as strangers
+    already: int              # listed files already in the gallery (by real path)
 
-    With ``existing`` only images not yet in it are embedded and appended. With
-    ``identify_config.holdout_fraction`` a seeded share of the people is held out as
-    strangers, not enrolled, and the threshold for each FPIR is calibrated on them.
+
+def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
+          existing: Optional[Gallery] = None) -> Enrolled:
+    """The gallery with the people of ``folder/<identity>/<image>`` added.
+
+    Only files not yet in ``existing`` (by real path and by content) are embedded. With
+    ``identify_config.holdout_fraction`` a seeded share of the *new* people is held out
+    as strangers: kept apart, never enrolled, and the threshold for each FPIR is set on
+    all the gallery's strangers. A person already held out stays a stranger.
     """
+    check_settings(identify_config)
     listed = list_enrolment(folder)
-    known = set(existing.files) if existing else set()
-    if existing is not None:
-        check_same_embedder(existing, embedder.fingerprint, "this model's embeddings")
-    held = holdout_people({p for p, _ in listed}, identify_config.holdout_fraction,
-                                   seed)
-    todo = [(p, os.path.abspath(f)) for p, f in listed if os.path.abspath(f) not in known]
-    features, kept, skipped = embed_images(
-        embedder, [f for _, f in todo], embedder.preprocessing)
-    owner = dict((f, p) for p, f in todo)
-    enrolled = [i for i, f in enumerate(kept) if owner[f] not in held]
-    new = Gallery(features[enrolled], [owner[kept[i]] for i in enrolled],
-                  [kept[i] for i in enrolled], embedder.fingerprint, embedder.preprocessing)
-    if not new.files and existing is None:
+    gallery = existing or Gallery(np.zeros((0, 0)), [], [], embedder.fingerprint,
+                                  embedder.preprocessing)
+    check_same_embedder(gallery, embedder.fingerprint, "this model's embeddings")
+    strangers = set(gallery.strangers.identities)
+    new_people = {p for p, _ in listed} - set(gallery.identities) - strangers
+    held = holdout_people(new_people, identify_config.holdout_fraction, seed,
+                          enrolled=len(gallery.people))
+    known = set(gallery.files) | set(gallery.strangers.files)
+    todo = [(p, f) for p, f in listed if f not in known]
+    enrolled, kept_apart, skipped = _embed_people(embedder, todo, gallery, held | strangers)
+    if not enrolled.files:
         raise ValueError(f"no readable image left to enrol from {folder} ({len(skipped)} "
-                         "skipped).")
-    gallery = existing.add(new) if existing is not None else new
+                         f"skipped, {len(listed) - len(todo)} already in the gallery).")
+    gallery = gallery.with_faces(enrolled, kept_apart)
     gallery.source = embedder.source
-    if held:
-        strangers = [i for i, f in enumerate(kept) if owner[f] in held]
+    gallery.calibration = {}
+    if len(kept_apart.files):
         gallery.calibration = calibrate(
-            gallery, features[strangers], Classifier(identify_config.classifier,
-                                                     identify_config.k),
-            identify_config.fpir)
-    return gallery, skipped, sorted(held)
+            gallery, kept_apart.embeddings,
+            Classifier(identify_config.classifier, identify_config.k), identify_config.fpir)
+    return Enrolled(gallery, skipped, sorted(held), len(listed) - len(todo))
+
+
+def _embed_people(embedder, todo, gallery: Gallery, strangers: set):
+    """(enrolled, strangers, skipped): the gallery's faces with ``todo``'s appended, each
+    to the enrolled people or to the strangers."""
+    owner = dict((f, p) for p, f in todo)
+    enrolled, apart, skipped = gallery.enrolled, gallery.strangers, {}
+    for batch in embed_stream(embedder, [f for _, f in todo], embedder.preprocessing, skipped,
+                              known=gallery.hashes + gallery.strangers.hashes):
+        check_width(gallery, batch.features)
+        names = [owner[f] for f in batch.paths]
+        for faces, keep in (("enrolled", False), ("apart", True)):
+            rows = [i for i, n in enumerate(names) if (n in strangers) == keep]
+            grown = (apart if keep else enrolled).extended(
+                batch.features[rows], [names[i] for i in rows],
+                [batch.paths[i] for i in rows], [batch.hashes[i] for i in rows])
+            if keep:
+                apart = grown
+            else:
+                enrolled = grown
+    return enrolled, apart, skipped
 
 
 # ----------------------------------------------------------------------------------------
 # query
 
 
+class Answers(NamedTuple):
+    rows: List[Dict[str, Any]]  # one per listed identity of each readable image
+    skipped: Dict[str, str]
+    threshold: Optional[float]
+    how: str                    # how the threshold was set, or why there is none
+
+
 def query(embedder: Embedder, gallery: Gallery, paths: Sequence[str], *, identify_config,
-          threshold: Optional[float] = None) -> tuple:
-    """(rows, skipped): one row per listed identity of each readable image."""
+          threshold: Optional[float] = None) -> Answers:
+    """Name the faces in ``paths``, batch by batch: memory stays flat in their number.
+    Without ``threshold`` the gallery's strangers set it for ``identify_config.fpir[0]``."""
+    check_settings(identify_config)
+    check_threshold(threshold)
     check_same_embedder(gallery, embedder.fingerprint, "this model's embeddings")
-    features, kept, skipped = embed_images(embedder, list(paths),
-                                                    gallery.preprocessing)
-    if threshold is None and gallery.calibration:
-        threshold = gallery.calibration["thresholds"][str(identify_config.fpir[0])]
     classifier = Classifier(identify_config.classifier, identify_config.k)
-    answers = (identify(gallery, features, classifier, top_k=identify_config.top_k,
-                                 threshold=threshold) if len(kept) else [])
-    rows = [{"image": path, "decision": a.decision, "rank": r + 1, "identity": name,
-             "similarity": round(sim, 6)}
-            for path, a in zip(kept, answers)
-            for r, (name, sim) in enumerate(zip(a.identities, a.similarities))]
-    return rows, skipped, threshold
+    how = f"threshold {threshold} (--threshold)"
+    if threshold is None:
+        threshold, how = stored_threshold(gallery, classifier, identify_config.fpir[0])
+    rows, skipped = [], {}
+    for batch in embed_stream(embedder, list(paths), gallery.preprocessing, skipped,
+                              dedupe=False):
+        check_width(gallery, batch.features)
+        answers = identify(gallery, batch.features, classifier,
+                           top_k=identify_config.top_k, threshold=threshold)
+        rows += [{"image": path, "decision": a.decision, "rank": r + 1, "identity": name,
+                  "similarity": round(sim, 6)}
+                 for path, a in zip(batch.paths, answers)
+                 for r, (name, sim) in enumerate(zip(a.identities, a.similarities))]
+    return Answers(rows, skipped, threshold, how)
+
+
+# Spreadsheets run a cell that starts with one of these as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows as text: a leading quote on strings that
+    would otherwise be read as a formula (a person named '=cmd|...')."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def write_rows(rows: List[Dict[str, Any]], out: str, meta: Dict[str, Any]) -> List[str]:
@@ -136,7 +190,7 @@ def write_rows(rows: List[Dict[str, Any]], out: str, meta: Dict[str, Any]) -> Li
     with open(f"{out}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_text(v) for k, v in row.items()} for row in rows)
     with open(f"{out}.json", "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=2)
     return [f"{out}.csv", f"{out}.json"]

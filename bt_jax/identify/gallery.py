@@ -1,110 +1,107 @@
 """Putting a trained network to use: enrol people into a gallery, name masked faces.
 
-A *gallery* is a file of L2-normalised embeddings with the identity and source file of
-each, and the fingerprint of the embedder and preprocessing that made them
-(``embedding.fingerprint``): embeddings are only ever compared under equal fingerprints.
-A *classifier* ranks the enrolled identities for a query embedding ('1nn', 'knn',
-'svm'); every listed identity comes with its cosine similarity (the best over its
+A *gallery* is a file of L2-normalised embeddings with the identity, source file and
+content hash of each, and the fingerprint of the embedder and preprocessing that made
+them (``embedding.fingerprint``): embeddings are only ever compared under equal
+fingerprints. A *classifier* ranks the enrolled identities for a query embedding ('1nn',
+'knn', 'svm'); every listed identity comes with its cosine similarity (the best over its
 gallery images), and a threshold on that similarity, calibrated for an open-set
 false-positive identification rate (FPIR) on people who are not enrolled, turns a
-low-similarity answer into 'unknown'.
+low-similarity answer into 'unknown'. Those *strangers* are kept in the gallery file,
+apart from the enrolled people and never enrolled, so that the threshold is set again
+whenever the gallery grows or another FPIR is asked for.
 
-Inputs are aligned face crops (like MLFW's): there is no face detector here, and an
-image of another size than the crops the network was trained on is refused.
+Inputs are aligned face crops (``bt_jax.identify.crops``).
 """
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
-from bt_jax.data.folder import decode_image
 from bt_jax.evaluation.features import l2_normalize
+from bt_jax.identify.crops import UNKNOWN
 
-GALLERY_VERSION = 1
-UNKNOWN = "unknown"
+GALLERY_VERSION = 2
 CLASSIFIERS = ("1nn", "knn", "svm")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ARRAYS = ("embeddings", "identities", "files", "hashes", "stranger_embeddings",
+          "stranger_identities", "stranger_files", "stranger_hashes")
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return l2_normalize(np.asarray(x, np.float32))
 
 
-# ----------------------------------------------------------------------------------------
-# Images: aligned crops only.
+def check_settings(settings) -> None:
+    """config.identify's fields, before any work."""
+    if settings.classifier not in CLASSIFIERS:
+        raise ValueError(f"config.identify.classifier={settings.classifier!r} is unknown; use "
+                         f"one of {CLASSIFIERS}.")
+    for name in ("k", "top_k"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.identify.{name}={value!r} must be a whole number of at "
+                             "least 1.")
+    fpirs = list(settings.fpir) if isinstance(settings.fpir, (list, tuple)) else [settings.fpir]
+    bad = [f for f in fpirs if not isinstance(f, (int, float)) or not 0.0 < f < 1.0]
+    if not fpirs or bad:
+        raise ValueError(f"config.identify.fpir={settings.fpir!r}: every rate must lie "
+                         "strictly between 0 and 1 (e.g. 0.01 for one stranger in a hundred).")
+    fraction = settings.holdout_fraction
+    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ValueError(f"config.identify.holdout_fraction={fraction!r} must be in [0, 1).")
 
 
-def list_enrolment(folder: str) -> List[Tuple[str, str]]:
-    """(identity, path) of every image in ``folder/<identity>/``, sorted."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder} is not a folder; give one with a sub-folder per "
-                                "person (<identity>/<image>).")
-    found = [(name, os.path.join(folder, name, f))
-             for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name))
-             for f in sorted(os.listdir(os.path.join(folder, name)))
-             if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not found:
-        raise ValueError(f"{folder} holds no images in <identity>/<image> sub-folders "
-                         f"(suffixes {', '.join(IMAGE_SUFFIXES)}).")
-    return found
-
-
-def list_queries(paths: Sequence[str]) -> List[str]:
-    """Image files named directly or found (recursively, sorted) in named folders."""
-    out = []
-    for path in paths:
-        if os.path.isdir(path):
-            out += sorted(os.path.join(root, f) for root, _, files in os.walk(path)
-                          for f in files if f.lower().endswith(IMAGE_SUFFIXES))
-        elif os.path.isfile(path):
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such image or folder.")
-    if not out:
-        raise ValueError(f"no images found in {', '.join(paths)}.")
-    return out
-
-
-def read_crop(path: str, crop_size: int, image_size: int) -> np.ndarray:
-    """uint8 (image_size, image_size, 3) of an aligned crop; ValueError naming the file if it
-    is unreadable or not a crop_size x crop_size image."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # the size from the header alone
-            size = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
-    if size != (crop_size, crop_size):
-        raise ValueError(f"{path} is {size[0]}x{size[1]}, not an aligned {crop_size}x"
-                         f"{crop_size} face crop (config.data.crop_size); crop and align "
-                         "the face first (this project has no face detector).")
-    return decode_image(data, image_size, path)
-
-
-def read_crops(paths: Sequence[str], crop_size: int,
-               image_size: int) -> Tuple[np.ndarray, List[int], Dict[str, str]]:
-    """(images of the readable crops, their positions in ``paths``, {skipped path: why})."""
-    images, kept, skipped = [], [], {}
-    for i, path in enumerate(paths):
-        try:
-            images.append(read_crop(path, crop_size, image_size))
-            kept.append(i)
-        except (OSError, ValueError) as error:
-            skipped[path] = str(error)
-    empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-    return (np.stack(images) if images else empty), kept, skipped
+def check_threshold(threshold: Optional[float]) -> None:
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ValueError(f"--threshold={threshold} must be a cosine similarity in [-1, 1].")
 
 
 # ----------------------------------------------------------------------------------------
 # The gallery file.
+
+
+@dataclass
+class Faces:
+    """Embedded faces: unit rows (N, D), and the identity, real path and sha256 of each."""
+    embeddings: np.ndarray
+    identities: List[str]
+    files: List[str]
+    hashes: List[str]
+
+    def __post_init__(self):
+        x = np.asarray(self.embeddings, np.float32)
+        if x.ndim != 2 or not len(x) == len(self.identities) == len(self.files) == \
+                len(self.hashes):
+            raise ValueError("faces need a 2-D array of embeddings and one identity, file "
+                             "and hash per row.")
+        self.embeddings = unit_rows(x)
+
+    @property
+    def people(self) -> List[str]:
+        return sorted(set(self.identities))
+
+    def extended(self, features, identities, files, hashes) -> "Faces":
+        """These faces and ``features`` (unit-normalised) with their names after them."""
+        if not len(identities):
+            return self
+        if len(self.identities) and np.shape(features)[1] != self.embeddings.shape[1]:
+            raise ValueError(f"embeddings of width {np.shape(features)[1]} cannot join "
+                             f"faces of width {self.embeddings.shape[1]}.")
+        rows = [self.embeddings] if len(self.identities) else []
+        return Faces(np.concatenate(rows + [unit_rows(features)]),
+                     self.identities + list(identities), self.files + list(files),
+                     self.hashes + list(hashes))
+
+
+def no_faces() -> Faces:
+    return Faces(np.zeros((0, 0), np.float32), [], [], [])
 
 
 @dataclass
@@ -116,60 +113,138 @@ class Gallery:
     preprocessing: Dict[str, Any]
     calibration: Dict[str, Any] = field(default_factory=dict)
     source: Dict[str, Any] = field(default_factory=dict)  # how to rebuild the embedder
+    hashes: Optional[List[str]] = None  # sha256 of each file
+    strangers: Faces = field(default_factory=no_faces)  # held out; never enrolled
 
     def __post_init__(self):
-        self.embeddings = unit_rows(self.embeddings)
-        if not len(self.embeddings) == len(self.identities) == len(self.files):
-            raise ValueError("a gallery needs one identity and file per embedding.")
+        if self.hashes is None:
+            self.hashes = [""] * len(self.files)
+        self.embeddings = self.enrolled.embeddings
+        both = set(self.identities) & set(self.strangers.identities)
+        if both:
+            raise ValueError(f"{sorted(both)[:3]} are both enrolled and held out as "
+                             "strangers: a threshold calibrated on enrolled people is void.")
 
     @property
     def people(self) -> List[str]:
         return sorted(set(self.identities))
 
-    def add(self, other: "Gallery") -> "Gallery":
-        """This gallery with ``other``'s embeddings appended (files already in it are
-        kept once); both must come from the same embedder. The calibration is dropped:
-        FPIR grows with the gallery, so a threshold holds for the size it was set for."""
-        check_same_embedder(self, other.fingerprint, "the new embeddings")
-        known = set(self.files)
-        new = [i for i, f in enumerate(other.files) if f not in known]
-        return Gallery(np.concatenate([self.embeddings, other.embeddings[new]]),
-                       self.identities + [other.identities[i] for i in new],
-                       self.files + [other.files[i] for i in new], self.fingerprint,
-                       self.preprocessing, source=self.source)
+    @property
+    def enrolled(self) -> Faces:
+        return Faces(self.embeddings, self.identities, self.files, self.hashes)
+
+    @property
+    def width(self) -> int:
+        """The embedding width (0 for a gallery with no faces yet)."""
+        for x in (self.embeddings, self.strangers.embeddings):
+            if len(x):
+                return int(x.shape[1])
+        return 0
+
+    def with_faces(self, enrolled: Faces, strangers: Faces) -> "Gallery":
+        return Gallery(enrolled.embeddings, enrolled.identities, enrolled.files,
+                       self.fingerprint, self.preprocessing, dict(self.calibration),
+                       dict(self.source), enrolled.hashes, strangers)
 
     def save(self, path: str) -> str:
-        """Write ``path`` (.npz) atomically: a crash never leaves half a gallery."""
+        """Write ``path`` (.npz) atomically: a crash or a full disk never leaves half a
+        gallery, and the staging file goes with the failure."""
         meta = {"version": GALLERY_VERSION, "fingerprint": self.fingerprint,
                 "preprocessing": self.preprocessing, "calibration": self.calibration,
-                "source": self.source}
+                "source": self.source, "feature_dim": self.width}
         staging = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(staging, embeddings=self.embeddings, identities=np.asarray(self.identities),
-                 files=np.asarray(self.files), meta=np.asarray(json.dumps(meta)))
-        os.replace(staging, path)
+        try:
+            np.savez(staging, **_arrays(self), meta=np.asarray(json.dumps(meta)))
+            os.replace(staging, path)
+        except OSError as e:
+            if os.path.exists(staging):
+                os.remove(staging)
+            kept = "the gallery on disk is unchanged" if os.path.exists(path) else \
+                "nothing was written"
+            raise GalleryWriteError(f"could not write the gallery {path}: {e.strerror or e}; "
+                                    f"{kept}. Free disk space or choose another --out, "
+                                    "then rerun.") from None
         return path
 
     @classmethod
     def load(cls, path: str) -> "Gallery":
+        """The gallery at ``path``, checked: any damage is one line naming the file."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no gallery file {path}; make one with "
                                     "`scripts/identify.py enrol`.")
+        meta, arrays = _read(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                arrays = (data["embeddings"], data["identities"].tolist(),
-                          data["files"].tolist())
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"{path} is not a gallery written by `scripts/identify.py "
-                             f"enrol` ({type(error).__name__}: {error}).") from None
-        if meta.get("version") != GALLERY_VERSION:
-            raise ValueError(f"{path}: gallery version {meta.get('version')} is not "
-                             f"{GALLERY_VERSION}; enrol the people again.")
-        gallery = cls(*arrays, meta["fingerprint"], meta["preprocessing"], meta["calibration"],
-                      meta.get("source", {}))
+            gallery = _from_arrays(meta, arrays)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path} is damaged: {e}. Enrol the people again.") from None
         if not len(gallery.files):
             raise ValueError(f"{path} is an empty gallery: enrol at least one person.")
         return gallery
+
+
+class GalleryWriteError(ValueError):
+    """The gallery file could not be written; what was on disk is unchanged."""
+
+
+def _arrays(gallery: Gallery) -> Dict[str, np.ndarray]:
+    out = {}
+    for prefix, faces in (("", gallery.enrolled), ("stranger_", gallery.strangers)):
+        out[f"{prefix}embeddings"] = faces.embeddings
+        for name in ("identities", "files", "hashes"):
+            out[f"{prefix}{name}"] = np.asarray(getattr(faces, name), str)
+    return out
+
+
+def _read(path: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """(meta, arrays) of a gallery file; ValueError naming it if it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("meta",) + ARRAYS if k not in data.files]
+            if missing:
+                raise KeyError(f"it lacks {', '.join(missing)}")
+            meta = json.loads(str(data["meta"]))
+            arrays = {k: data[k] for k in ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a gallery written by `scripts/identify.py enrol` "
+                         f"(truncated, or another file: {type(error).__name__}: {error})."
+                         ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is damaged: its meta is a JSON {type(meta).__name__}, not "
+                         "an object. Enrol the people again.")
+    if meta.get("version") != GALLERY_VERSION:
+        raise ValueError(f"{path}: gallery version {meta.get('version')} is not "
+                         f"{GALLERY_VERSION}; enrol the people again.")
+    return meta, arrays
+
+
+def _from_arrays(meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> Gallery:
+    for key, kind in (("fingerprint", str), ("preprocessing", dict), ("calibration", dict),
+                      ("source", dict), ("feature_dim", int)):
+        if not isinstance(meta.get(key), kind):
+            raise TypeError(f"meta field {key!r} is {meta.get(key)!r}, not a {kind.__name__}")
+    enrolled = _faces(arrays, "", meta["feature_dim"])
+    strangers = _faces(arrays, "stranger_", meta["feature_dim"])
+    return Gallery(enrolled.embeddings, enrolled.identities, enrolled.files,
+                   meta["fingerprint"], meta["preprocessing"], meta["calibration"],
+                   meta["source"], enrolled.hashes, strangers)
+
+
+def _faces(arrays: Dict[str, np.ndarray], prefix: str, width: int) -> Faces:
+    """The checked faces stored under ``prefix``: a wrong width or a non-finite or zero
+    row would otherwise surface as a matmul error or a person silently never named."""
+    x = arrays[f"{prefix}embeddings"]
+    names = [arrays[f"{prefix}{k}"] for k in ("identities", "files", "hashes")]
+    if x.ndim != 2 or (len(x) and x.shape[1] != width) or x.dtype.kind != "f":
+        raise ValueError(f"{prefix}embeddings of shape {x.shape} ({x.dtype}) are not "
+                         f"(N, {width}) floats (feature_dim {width})")
+    if any(a.ndim != 1 or len(a) != len(x) or (len(a) and a.dtype.kind != "U") for a in names):
+        raise ValueError(f"{prefix}identities, files and hashes must be {len(x)} strings each")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1) | ~np.any(x != 0, axis=1))
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"{prefix}embedding row {i} ({names[0][i]}, {names[1][i]}) is "
+                         "not finite or all zero")
+    return Faces(x, *[a.tolist() for a in names])
 
 
 def check_same_embedder(gallery: Gallery, fingerprint: str, what: str) -> None:
@@ -178,6 +253,12 @@ def check_same_embedder(gallery: Gallery, fingerprint: str, what: str) -> None:
                          f"{fingerprint}) than the gallery ({gallery.fingerprint}, "
                          f"{gallery.preprocessing}); embeddings of two networks are not "
                          "comparable. Enrol the gallery again with this model.")
+
+
+def check_width(gallery: Gallery, features: np.ndarray) -> None:
+    if gallery.width and np.shape(features)[1] != gallery.width:
+        raise ValueError(f"the embedder gives {np.shape(features)[1]}-d embeddings but the "
+                         f"gallery holds {gallery.width}-d ones; enrol again with this model.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -205,6 +286,8 @@ class Classifier:
         if name not in CLASSIFIERS:
             raise ValueError(f"classifier {name!r} is unknown (config.identify.classifier); "
                              f"use one of {CLASSIFIERS}.")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"config.identify.k={k!r} must be a whole number of at least 1.")
         self.name, self.k = name, k
 
     def scores(self, gallery: Gallery, queries: np.ndarray, similarity: np.ndarray):
@@ -244,6 +327,9 @@ def identify(gallery: Gallery, queries: np.ndarray, classifier: Classifier, *,
              top_k: int = 5, threshold: float | None = None) -> List[Answer]:
     """Rank the enrolled people for each query; below ``threshold`` the decision is
     'unknown' (the top identity's best cosine similarity is what is thresholded)."""
+    if top_k < 1:
+        raise ValueError(f"config.identify.top_k={top_k} must be at least 1.")
+    check_threshold(threshold)
     people, similarity = identity_similarity(gallery, queries)
     # sklearn orders its classes by sorted label, as ``people`` is.
     order = np.argsort(-classifier.scores(gallery, queries, similarity), axis=1, kind="stable")
@@ -264,10 +350,12 @@ def identify(gallery: Gallery, queries: np.ndarray, classifier: Classifier, *,
 def threshold_for(stranger_scores: np.ndarray, fpir: float) -> float:
     """The lowest threshold at which at most ``fpir`` of the strangers' top similarities
     reach it (a stranger at or above the threshold would be wrongly named)."""
+    if not 0.0 < fpir < 1.0:
+        raise ValueError(f"FPIR {fpir} must lie strictly between 0 and 1.")
+    if not len(stranger_scores):
+        raise ValueError("no stranger image to calibrate a threshold on.")
     scores = np.sort(np.asarray(stranger_scores, np.float64))[::-1]
     allowed = int(np.floor(fpir * len(scores) + 1e-9))
-    if allowed >= len(scores):
-        return float("-inf")
     return float(np.nextafter(scores[allowed], np.inf))
 
 
@@ -283,25 +371,33 @@ def calibrate(gallery: Gallery, strangers: np.ndarray, classifier: Classifier,
             "gallery_images": len(gallery.files), "classifier": classifier.name}
 
 
-def holdout_people(people: Sequence[str], fraction: float, seed: int) -> set:
-    """A seeded ``fraction`` of ``people`` (at least one when fraction > 0)."""
+def stored_threshold(gallery: Gallery, classifier: Classifier,
+                     fpir: float) -> Tuple[Optional[float], str]:
+    """(threshold, how it was set) from the gallery's own strangers, for this gallery as it
+    is now and this classifier; (None, why not) when it holds none."""
+    s = gallery.strangers
+    if not len(s.files):
+        return None, ("no 'unknown' threshold: the gallery holds no held-out strangers (enrol "
+                      "with --config.identify.holdout_fraction, or pass --threshold); every "
+                      "face gets the nearest enrolled name")
+    threshold = calibrate(gallery, s.embeddings, classifier, [fpir])["thresholds"][str(fpir)]
+    return threshold, (f"threshold {threshold:.4f} for FPIR {fpir}, set on {len(s.files)} "
+                       f"images of {len(s.people)} held-out strangers against "
+                       f"{len(gallery.people)} enrolled people")
+
+
+def holdout_people(people: Sequence[str], fraction: float, seed: int, *,
+                   enrolled: int = 0) -> set:
+    """A seeded ``fraction`` of ``people`` (at least one when fraction > 0), leaving at
+    least one person to enrol beside the ``enrolled`` ones already in a gallery."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"config.identify.holdout_fraction={fraction} must be in [0, 1).")
-    if fraction == 0.0:
+    if fraction == 0.0 or not people:
         return set()
     people = sorted(people)
     count = max(1, int(round(fraction * len(people))))
-    if count >= len(people):
+    if count >= len(people) and not enrolled:
         raise ValueError(f"holding out {count} of {len(people)} people leaves nobody to "
                          "enrol; enrol more people or lower config.identify.holdout_fraction.")
     pick = np.random.default_rng(seed).permutation(len(people))[:count]
     return {people[i] for i in pick}
-
-
-def embed_images(embed: Callable[[np.ndarray], np.ndarray], paths: Sequence[str],
-                 preprocessing: Dict[str, Any]):
-    """(embeddings, kept paths, skipped {path: why}) of aligned crops."""
-    images, kept, skipped = read_crops(paths, preprocessing["crop_size"],
-                                       preprocessing["image_size"])
-    features = embed(images) if len(images) else np.zeros((0, 0), np.float32)
-    return features, [paths[i] for i in kept], skipped

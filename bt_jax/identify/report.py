@@ -21,8 +21,8 @@ import numpy as np
 
 from bt_jax.evaluation import protocols
 from bt_jax.evaluation.stats import bootstrap_ci
-from bt_jax.identify.gallery import (CLASSIFIERS, Classifier, Gallery, calibrate, embed_images,
-                                     identify)
+from bt_jax.identify.crops import embed_all
+from bt_jax.identify.gallery import CLASSIFIERS, Classifier, Gallery, calibrate, identify
 
 
 def _gallery(features, index, chosen, embedder) -> Gallery:
@@ -94,12 +94,31 @@ def open_set(features, records, embedder, classifier: Classifier, fpirs: Sequenc
             "test_people": len(test), "rates": rates}
 
 
-def report(embedder, records, identify_config, *, seed: int) -> Dict[str, Any]:
+# The open set splits the people into enrolled (half), calibration and test strangers (a
+# quarter each): four is the fewest that gives every part someone, and the SVM two classes.
+MIN_PEOPLE = 4
+
+
+def check_people(records, where: str) -> None:
+    """Enough people with both a gallery photo and a probe, before any measurement."""
+    a = protocols.first_sources(records, count=2)
+    usable = len({r.identity for r in a.probes})
+    if usable < MIN_PEOPLE:
+        raise ValueError(f"{where}: report needs at least {MIN_PEOPLE} people who each have "
+                         "an unmasked photo for the gallery and an image of another source "
+                         f"photo as a probe; {usable} of {len({r.identity for r in records})} "
+                         "do. Add people or images, or use scripts/evaluate.py.")
+
+
+def report(embedder, records, identify_config, *, seed: int,
+           where: str = "the data") -> Dict[str, Any]:
     """Embed ``records`` (aligned crops) once, then the closed- and open-set measurements."""
+    check_people(records, where)
     paths = [r.path for r in records]
-    features, kept, skipped = embed_images(embedder, paths, embedder.preprocessing)
+    features, kept, skipped = embed_all(embedder, paths, embedder.preprocessing)
     kept_set = set(kept)
     records = [r for r in records if r.path in kept_set]
+    check_people(records, f"{where} (after {len(skipped)} unreadable images)")
     classifiers = [Classifier(name, identify_config.k) for name in CLASSIFIERS]
     return {"images": len(records), "skipped": skipped,
             "closed_set": closed_set(features, records, embedder, classifiers, seed=seed),

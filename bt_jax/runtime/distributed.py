@@ -8,7 +8,9 @@ what one process with all the devices would.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -71,3 +73,25 @@ def barrier(name: str) -> None:
     """Wait until every process gets here (no-op with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def held_by_primary(acquire: Callable[[], object], release: Callable[[object], None],
+                    refused: type) -> Iterator[None]:
+    """Process 0 takes a lock (``acquire`` raises ``refused`` when it cannot) and every
+    process learns the outcome, so that all stop together instead of the others waiting
+    at their first collective for a process 0 that has exited."""
+    held, refusal = None, ""
+    if is_primary():
+        try:
+            held = acquire()
+        except refused as e:
+            refusal = str(e)
+    if any_process(bool(refusal)):
+        raise refused(refusal or "process 0 could not take the run's lock (its error "
+                      "names the holder); this process stops with it")
+    try:
+        yield
+    finally:
+        if held is not None:
+            release(held)

@@ -4,7 +4,8 @@ written.
 ``<workdir>/checkpoints/<step>/`` the latest few training states (orbax, atomic),
 ``best/`` the one with the lowest validation loss, ``metrics.jsonl`` one JSON record per
 log interval and evaluation, ``results.json`` the start and end evaluations, and
-``config.json`` the config the run was started with (checked on resume).
+``config.json`` the config the run was started with (checked on resume), and ``lock`` while
+a process trains in it (``bt_jax.runtime.lock``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ BEST = "best"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CONFIG = "config.json"
+LOCK = "lock"
 
 
 def path(workdir: str, name: str) -> str:
@@ -33,3 +35,25 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> str:
         raise ValueError(f"{flag} {workdir!r} is a file or lies under a file; name a "
                          "folder.") from None
     return workdir
+
+
+def check_output_file(path: str, flag: str) -> str:
+    """``path`` writable as a file, checked before any work: its folder is made if missing;
+    an empty path, a folder, a path under a file or in a read-only folder is refused."""
+    if not path:
+        raise ValueError(f"{flag} is empty; name a file.")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; name a file inside it.")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{flag} {path!r} lies under a file, not a folder; name a file in a "
+                         "folder.") from None
+    except PermissionError:
+        raise ValueError(f"{flag} {path!r}: cannot create the folder {parent} (permission "
+                         "denied); choose another place.") from None
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: the folder {parent} is not writable; choose "
+                         "another place.")
+    return path

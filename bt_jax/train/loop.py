@@ -20,6 +20,7 @@ from bt_jax.network import network
 from bt_jax.runtime import distributed, parallel, run_config
 from bt_jax.runtime import workdir as workdir_files
 from bt_jax.runtime.checkpointing import Checkpointer
+from bt_jax.runtime.lock import FileLock, LockedError
 from bt_jax.runtime.preemption import Preempted, StopRequest
 from bt_jax.train import evaluators, reducers
 from bt_jax.train.inputs import Data, load_data
@@ -221,17 +222,26 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     preflight(config, workdir)
     with StopRequest() as stop:
         distributed.initialize(config)
-        _resume_check(config, workdir)
-        run = set_up(config, workdir, net)
-        ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
-        try:
-            results = _train(config, workdir, run, ckpt, stop)
-        finally:
-            ckpt.close()
-    if distributed.is_primary():
-        with open(workdir_files.path(workdir, workdir_files.RESULTS), "w") as f:
-            json.dump(results, f, indent=2)
+        with _workdir_lock(workdir):
+            _resume_check(config, workdir)
+            run = set_up(config, workdir, net)
+            ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+            try:
+                results = _train(config, workdir, run, ckpt, stop)
+            finally:
+                ckpt.close()
+            if distributed.is_primary():
+                with open(workdir_files.path(workdir, workdir_files.RESULTS), "w") as f:
+                    json.dump(results, f, indent=2)
     return results
+
+
+def _workdir_lock(workdir: str):
+    """One run per workdir: a second process would resume the first one's checkpoints,
+    rewrite its config.json and double its metrics. Taken by process 0 for all."""
+    lock = FileLock(workdir_files.path(workdir, workdir_files.LOCK), f"--workdir {workdir}")
+    return distributed.held_by_primary(lock.acquire, lambda held: held.release(),
+                                       LockedError)
 
 
 def _say(message: str) -> None:
