@@ -32,7 +32,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from bt_jax.data.sources import folder_records  # noqa: E402
 from bt_jax.evaluation import knn, protocols, report, verification  # noqa: E402
-from bt_jax.evaluation.features import raw_pixels
+from bt_jax.evaluation.features import raw_pixels  # noqa: E402
 from bt_jax.evaluation.groups import read_groups  # noqa: E402
 from bt_jax.evaluation.identification import Identification  # noqa: E402
 
