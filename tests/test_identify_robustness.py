@@ -290,3 +290,13 @@ def test_evaluation_without_any_probe_says_so():
     records = _records(["a", "b"], 1)
     with pytest.raises(ValueError, match="no probes at all"):
         Identification(Assignment("first_source", records, [], {})).evaluate(None)
+
+
+def test_identify_refuses_a_run_of_another_model_before_loading_it(tmp_path, tiny):
+    from bt_jax.runtime import run_config
+
+    run_config.save(tiny, str(tmp_path))
+    other = tiny.copy_and_resolve_references()
+    other.model.projector = "64-64"
+    with pytest.raises(ValueError, match="model.projector"):
+        app.network_embedder(other, workdir=str(tmp_path))

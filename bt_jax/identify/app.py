@@ -41,7 +41,10 @@ def network_embedder(config, *, workdir: Optional[str] = None,
                      init: Optional[str] = None, progress: bool = False) -> Embedder:
     from bt_jax.network import embedding
     from bt_jax.network import embedder
+    from bt_jax.runtime import run_config
 
+    if workdir:  # as evaluate.py: the run's state fields, and its frozen trunk's weights
+        run_config.check(config, workdir, action="load")
     loaded = embedder.load_weights(config, workdir=workdir, init=init)
     source = {"kind": "network", "config": json.loads(config.to_json()),
               "workdir": os.path.abspath(workdir) if workdir else None,
