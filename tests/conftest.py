@@ -140,3 +140,12 @@ def converted(graph_path, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("facenet") / "casia")
     manifest = convert.convert_file(graph_path, out)
     return out, manifest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a jax.distributed coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bt_jax.runtime.lock import FileLock, LockedError
-from conftest import tiny_flags
+from conftest import free_port, tiny_flags
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = ("import sys; from bt_jax.runtime.lock import FileLock; "
@@ -76,18 +76,12 @@ def test_a_lock_from_another_host_is_reported_and_left_alone(tmp_path):
     assert path.read_text() == text
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_train_is_refused_while_another_process_holds_the_workdir(tmp_path):
     """Two processes of one jax.distributed run (4 CPU devices each): process 0 is refused
     the lock, and process 1 stops with it instead of waiting for it at a collective."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    port, env = _free_port(), dict(os.environ,
+    port, env = free_port(), dict(os.environ,
                                    XLA_FLAGS="--xla_force_host_platform_device_count=4")
     command = [sys.executable, "scripts/train.py", "--config", "configs/synthetic.py",
                f"--workdir={workdir}", *tiny_flags(),

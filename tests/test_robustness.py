@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from bt_jax.train.state import initial_state
 
 from bt_jax.runtime import preemption
 from bt_jax.runtime.checkpointing import Checkpointer
-from conftest import tiny_config, tiny_flags
+from conftest import free_port, tiny_config, tiny_flags
 from configs_loader import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,16 +258,10 @@ def test_sigterm_during_start_up_says_so_and_exits_75(tmp_path):
     assert "during start-up" in err and "Traceback" not in err
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_of_eight(uninterrupted, tmp_path):
     workdir = tmp_path / "multi"
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     procs = [subprocess.Popen(
         _command(workdir, f"--config.distributed.coordinator_address=127.0.0.1:{port}",

@@ -128,16 +128,16 @@ def _embed_people(embedder, todo, gallery: Gallery, strangers: set):
                               known=gallery.hashes + gallery.strangers.hashes):
         check_width(gallery, batch.features)
         names = [owner[f] for f in batch.paths]
-        for faces, keep in (("enrolled", False), ("apart", True)):
-            rows = [i for i, n in enumerate(names) if (n in strangers) == keep]
-            grown = (apart if keep else enrolled).extended(
-                batch.features[rows], [names[i] for i in rows],
-                [batch.paths[i] for i in rows], [batch.hashes[i] for i in rows])
-            if keep:
-                apart = grown
-            else:
-                enrolled = grown
+        enrolled = enrolled.extended(*_picked(batch, names, lambda n: n not in strangers))
+        apart = apart.extended(*_picked(batch, names, lambda n: n in strangers))
     return enrolled, apart, skipped
+
+
+def _picked(batch, names: List[str], keep) -> tuple:
+    """(features, identities, files, hashes) of the rows of ``batch`` whose name ``keep``s."""
+    rows = [i for i, n in enumerate(names) if keep(n)]
+    return (batch.features[rows], [names[i] for i in rows], [batch.paths[i] for i in rows],
+            [batch.hashes[i] for i in rows])
 
 
 # ----------------------------------------------------------------------------------------
