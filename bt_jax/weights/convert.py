@@ -17,8 +17,6 @@ is what :func:`bt_jax.weights.pretrained.load_pretrained` reads, ``variables/`` 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +27,7 @@ import numpy as np
 
 import bt_jax
 from bt_jax.weights import facenet
+from bt_jax.weights.download import file_sha256
 from bt_jax.weights.slots import (check_keys, check_shapes, checked_float32, fill,
                                   projector_layout, split_extras, target_slots)
 from bt_jax.weights.sources import read_torch_checkpoint, read_vggface2_pickle, source_kind
@@ -47,14 +46,6 @@ class Conversion:
 
     variables: Dict[str, Dict[str, Any]]
     manifest: Dict[str, Any]
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(functools.partial(f.read, 1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------
