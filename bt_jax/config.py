@@ -132,6 +132,9 @@ def base_config() -> config_dict.ConfigDict:
     config.train.checkpoint_every_steps = 0  # 0: only at the end of each epoch
     config.train.keep_checkpoints = 2
     config.train.progress = True
+    # metrics.jsonl's records also as TensorBoard event files in the workdir
+    # (`tensorboard --logdir runs/`); process 0 writes them, with tensorboardX.
+    config.train.tensorboard = True
 
     config.evals = evals_config()
 

@@ -71,12 +71,12 @@ def run_training(config, workdir, state, run, ckpt, stop: StopRequest) -> Any:
     total = config.train.epochs * per_epoch
     step = int(parallel.unreplicate(state.step))
     comm = reducers.communication(config, parallel.unreplicate(state.params))
-    log = StepLog(workdir, run.schedule, config, step, comm)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (config.train.progress and distributed.is_primary()))
-    loop = Loop(config, run, ckpt, stop, log, bar, per_epoch)
-    stop.start_loop()
-    with bar:
+    # The log closes its event file however the loop ends (done, an error, a signal).
+    with bar, StepLog(workdir, run.schedule, config, step, comm) as log:
+        loop = Loop(config, run, ckpt, stop, log, bar, per_epoch)
+        stop.start_loop()
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             host = run.data.train.batches(epoch, batch, start_step=offset, devices=devices)

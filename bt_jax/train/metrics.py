@@ -1,6 +1,8 @@
 """The training log: per log interval one JSON record in ``metrics.jsonl`` (loss, learning
 rates, images/s, communication), written by process 0; the host pulls device metrics
-only when a record is due, and checks them for NaN/Inf then.
+only when a record is due, and checks them for NaN/Inf then. With
+``config.train.tensorboard`` the same records also go to TensorBoard event files in the
+workdir, each key a scalar tag at the record's step.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 import math
 import time
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -28,10 +30,58 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps({k: _to_python(v) for k, v in record.items()}) + "\n")
 
+    def close(self) -> None:
+        pass  # each record is appended and closed as it is written
+
 
 def _to_python(value):
     value = np.asarray(value)
     return value.item() if value.ndim == 0 else value.tolist()
+
+
+class EventWriter:
+    """The records as TensorBoard scalars in ``workdir``'s event files: every numeric key
+    but ``step`` is a tag, logged at the record's ``step``.
+
+    tensorboardX writes the files without TensorFlow. A run resumed from ``start_step``
+    opens a new file that tells TensorBoard to drop what earlier files hold from that
+    step on (``purge_step``): the steps after the last checkpoint are trained again, and
+    the curve would otherwise show both attempts.
+    """
+
+    def __init__(self, workdir: str, start_step: int):
+        # Imported here: tensorboardX imports torch whenever torch is installed (~2 s),
+        # which only a run that writes events should pay for.
+        from tensorboardX import SummaryWriter
+
+        # The file name holds the time in seconds and the host; the suffix keeps attempts
+        # started in the same second from different steps apart (from the same step, the
+        # earlier file's events would all be purged anyway).
+        self._writer = SummaryWriter(workdir, purge_step=start_step,
+                                     filename_suffix=f".step{start_step}")
+
+    def write(self, record: Dict[str, Any]) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            value = _to_python(value)  # the learning rates arrive as jax scalars
+            if key != "step" and isinstance(value, (int, float)):
+                self._writer.add_scalar(key, float(value), step)
+        # Flushed like metrics.jsonl: a live TensorBoard, or a killed run, sees every record.
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def record_writers(workdir: str, config, start_step: int) -> List[Any]:
+    """Where records go: metrics.jsonl and, with config.train.tensorboard, event files.
+    Process 0 only: every process holds the same values, and one file each is enough."""
+    if not distributed.is_primary():
+        return []
+    writers: List[Any] = [MetricsWriter(workdir)]
+    if config.train.tensorboard:
+        writers.append(EventWriter(workdir, start_step))
+    return writers
 
 
 class StepLog:
@@ -42,7 +92,7 @@ class StepLog:
     """
 
     def __init__(self, workdir: str, schedule, config, step: int, comm=None):
-        self.writer = MetricsWriter(workdir) if distributed.is_primary() else None
+        self.writers = record_writers(workdir, config, step)
         self.schedule, self.config = schedule, config
         self.comm = comm  # (exact floats, floats sent, first compressed step) or None
         self.history, self.first = [], step
@@ -100,5 +150,16 @@ class StepLog:
         return {"floats_exact": exact, "floats_sent": sent, "compression_ratio": exact / sent}
 
     def write(self, record: Dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer.write(record)
+        for writer in self.writers:
+            writer.write(record)
+
+    def close(self) -> None:
+        """Flush and close the event file: at the end, on an error and on preemption."""
+        for writer in self.writers:
+            writer.close()
+
+    def __enter__(self) -> "StepLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
