@@ -7,8 +7,10 @@ workdir, each key a scalar tag at the record's step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 import warnings
 from typing import Any, Dict, List, Optional
@@ -43,34 +45,43 @@ class EventWriter:
     """The records as TensorBoard scalars in ``workdir``'s event files: every numeric key
     but ``step`` is a tag, logged at the record's ``step``.
 
-    tensorboardX writes the files without TensorFlow. A run resumed from ``start_step``
-    opens a new file that tells TensorBoard to drop what earlier files hold from that
-    step on (``purge_step``): the steps after the last checkpoint are trained again, and
-    the curve would otherwise show both attempts.
+    tensorboardX's synchronous writer and protobufs, not its SummaryWriter: that one
+    writes from a background thread, where a full disk would kill the thread with a
+    traceback and the events in its queue would be lost; here a record is on disk when
+    ``write`` returns, like metrics.jsonl's, and an error is raised where it happens.
     """
 
     def __init__(self, workdir: str, start_step: int):
         # Imported here: tensorboardX imports torch whenever torch is installed (~2 s),
         # which only a run that writes events should pay for.
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2, summary_pb2
 
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         # The file name holds the time in seconds and the host; the suffix keeps attempts
         # started in the same second from different steps apart (from the same step, the
         # earlier file's events would all be purged anyway).
-        self._writer = SummaryWriter(workdir, purge_step=start_step,
-                                     filename_suffix=f".step{start_step}")
+        self._file = EventsWriter(os.path.join(workdir, "events"), f".step{start_step}")
+        # A resume trains the steps after its checkpoint again: SessionLog START at the
+        # step it starts from tells TensorBoard to drop what earlier files hold from that
+        # step on, so the curve shows one attempt (what SummaryWriter's purge_step does).
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._file.write_event(self._event(step=start_step, wall_time=time.time(),
+                                           session_log=start))
+        self._file.flush()
 
     def write(self, record: Dict[str, Any]) -> None:
-        step = int(record["step"])
+        values = []
         for key, value in record.items():
             value = _to_python(value)  # the learning rates arrive as jax scalars
             if key != "step" and isinstance(value, (int, float)):
-                self._writer.add_scalar(key, float(value), step)
-        # Flushed like metrics.jsonl: a live TensorBoard, or a killed run, sees every record.
-        self._writer.flush()
+                values.append(self._summary.Value(tag=key, simple_value=float(value)))
+        self._file.write_event(self._event(step=int(record["step"]), wall_time=time.time(),
+                                           summary=self._summary(value=values)))
+        self._file.flush()  # on disk now, like metrics.jsonl: a live TensorBoard sees it
 
     def close(self) -> None:
-        self._writer.close()
+        self._file.close()
 
 
 def record_writers(workdir: str, config, start_step: int) -> List[Any]:
@@ -161,5 +172,10 @@ class StepLog:
     def __enter__(self) -> "StepLog":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Leaving on an error (a full disk, say): closing must not replace that error.
+        with contextlib.suppress(OSError):
+            self.close()
