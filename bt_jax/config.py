@@ -150,6 +150,18 @@ def base_config() -> config_dict.ConfigDict:
     # calibrate the threshold on; they are not enrolled. 0: no threshold.
     config.identify.holdout_fraction = 0.0
 
+    # Finding faces in ordinary photos (MTCNN; scripts/align.py, identify.py --photos,
+    # docs/detection.md). The defaults are MTCNN's usual ones.
+    config.detect = config_dict.ConfigDict()
+    config.detect.min_face_size = 20  # pixels, in the photo as detection sees it
+    config.detect.scale_factor = 0.709  # between pyramid levels
+    config.detect.thresholds = (0.6, 0.7, 0.8)  # face probability kept by P-, R-, O-Net
+    # Overlap (IoU) above which the lower-scoring box goes: P-Net within a scale, across
+    # scales, R-Net, O-Net (overlap over the smaller box).
+    config.detect.nms = (0.5, 0.7, 0.7, 0.7)
+    # Longer side a photo is downscaled to for detection (boxes in the photo's pixels).
+    config.detect.max_side = 1280
+
     # 'scratch' for random initialisation, or a folder written by scripts/convert_weights.py.
     config.init = "converted_weights/vggface2_resnet50_ft"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from skimage import transform
 
 # (x, y) of the left eye, right eye, nose tip and mouth corners in a 112x112 crop, left
@@ -20,25 +20,51 @@ TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.73
                          [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
 
+# Faces whose crop shrinks them below this (crop pixels per photo pixel) are shrunk with
+# area averaging before the bilinear warp.
+SHRINK_FIRST = 0.8
+
+
 def template(size: int) -> np.ndarray:
     return TEMPLATE_112 * (size / 112.0)
 
 
 def similarity(landmarks: np.ndarray, size: int) -> transform.SimilarityTransform:
     """The transform from photo pixels to crop pixels for these (5, 2) landmarks."""
-    tform = transform.SimilarityTransform()
-    if not tform.estimate(np.asarray(landmarks, np.float64), template(size)):
+    tform = transform.SimilarityTransform.from_estimate(np.asarray(landmarks, np.float64),
+                                                        template(size))
+    if not tform:
         raise ValueError("the landmarks do not fix a similarity transform (they coincide).")
     return tform
 
 
 def align(photo: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
     """uint8 (size, size, 3) crop of the face with these landmarks (bilinear; outside the
-    photo is black, as in MLFW's crops)."""
+    photo is black, as in MLFW's crops). A face larger than the crop is first shrunk
+    with area averaging: bilinear sampling alone would alias it."""
+    landmarks = np.asarray(landmarks, np.float64)
     tform = similarity(landmarks, size)
+    if tform.scale < SHRINK_FIRST:
+        photo, landmarks = _shrunk(photo, landmarks, tform, size)
+        tform = similarity(landmarks, size)
     crop = transform.warp(photo, tform.inverse, output_shape=(size, size), order=1,
                           mode="constant", cval=0.0, preserve_range=True)
     return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
+
+
+def _shrunk(photo: np.ndarray, landmarks: np.ndarray, tform, size: int):
+    """The part of ``photo`` the crop covers, resized by the transform's scale (box
+    filter), and the landmarks in its pixels."""
+    corners = tform.inverse(np.array([[0, 0], [size, 0], [size, size], [0, size]], float))
+    h, w = photo.shape[:2]
+    x0, y0 = np.clip(np.floor(corners.min(0)) - 2, 0, [w - 1, h - 1]).astype(int)
+    x1, y1 = np.clip(np.ceil(corners.max(0)) + 2, [x0 + 1, y0 + 1], [w, h]).astype(int)
+    region = photo[y0:y1, x0:x1]
+    new = (max(1, round((x1 - x0) * tform.scale)), max(1, round((y1 - y0) * tform.scale)))
+    small = np.asarray(Image.fromarray(region).resize(new, Image.BOX))
+    factor = np.array([new[0] / (x1 - x0), new[1] / (y1 - y0)])
+    # Pixel centres: photo pixel x sits at (x + 0.5) * factor - 0.5 in the shrunk region.
+    return small, (landmarks - [x0, y0] + 0.5) * factor - 0.5
 
 
 def read_photo(data: bytes, name: str) -> np.ndarray:
@@ -54,6 +80,8 @@ def read_photo(data: bytes, name: str) -> np.ndarray:
                 canvas.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
                 image = canvas
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read image {name}: not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ValueError(f"cannot read image {name}: {why}") from None

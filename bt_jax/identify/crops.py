@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -79,8 +79,9 @@ def read_crop(path: str, crop_size: int, image_size: int) -> Tuple[np.ndarray, s
         raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
     if size != (crop_size, crop_size):
         raise ValueError(f"{path} is {size[0]}x{size[1]}, not an aligned {crop_size}x"
-                         f"{crop_size} face crop (config.data.crop_size); crop and align "
-                         "the face first (this project has no face detector).")
+                         f"{crop_size} face crop (config.data.crop_size); for ordinary photos "
+                         "pass --photos (faces are found and aligned), or align them first "
+                         "with scripts/align.py.")
     return decode_image(data, image_size, path), file_digest(data)
 
 
@@ -98,38 +99,62 @@ def read_crops(paths: Sequence[str], crop_size: int,
     return (np.stack(images) if images else empty), kept, skipped
 
 
+class Face(NamedTuple):
+    """One face to embed: its key (the file's path, or ``path#k`` for face k of a photo),
+    pixels at the embedder's image size, the file's sha256, and where it was found in a
+    photo (None for an aligned crop)."""
+    key: str
+    pixels: np.ndarray
+    digest: str
+    where: Optional[Dict[str, Any]] = None
+
+
+class CropReader:
+    """path -> [Face] of an aligned crop file (identify's default input)."""
+
+    def __init__(self, preprocessing: Dict):
+        self.crop_size, self.image_size = preprocessing["crop_size"], preprocessing["image_size"]
+
+    def __call__(self, path: str) -> List[Face]:
+        pixels, digest = read_crop(path, self.crop_size, self.image_size)
+        return [Face(path, pixels, digest)]
+
+
 class Embedded(NamedTuple):
-    """One batch: features (n, D), and the paths and sha256 of the images they embed."""
+    """One batch: features (n, D), and the keys, sha256 and places of the faces."""
     features: np.ndarray
     paths: List[str]
     hashes: List[str]
+    where: List[Optional[Dict[str, Any]]]
 
 
 def embed_stream(embed: Callable[[np.ndarray], np.ndarray], paths: Sequence[str],
                  preprocessing: Dict, skipped: Dict[str, str], *, known: Sequence[str] = (),
-                 dedupe: bool = True, chunk: int = CHUNK) -> Iterator[Embedded]:
-    """Batches of embedded crops, ``chunk`` files at a time. Unreadable files go to
-    ``skipped`` with the reason; with ``dedupe``, files whose content hash is in ``known``
-    or repeats an earlier file are skipped as duplicates."""
+                 dedupe: bool = True, chunk: int = CHUNK,
+                 reader: Optional[Callable[[str], List[Face]]] = None) -> Iterator[Embedded]:
+    """Batches of embedded faces, read ``chunk`` files at a time by ``reader`` (default:
+    aligned crops). Unreadable files go to ``skipped`` with the reason; with ``dedupe``,
+    faces whose file's hash is in ``known`` or repeats an earlier file are skipped as
+    duplicates."""
+    read = reader or CropReader(preprocessing)
     seen = set(known)
     for start in range(0, len(paths), chunk):
-        images, kept, hashes = [], [], []
+        faces: List[Face] = []
         for path in paths[start:start + chunk]:
             try:
-                pixels, digest = read_crop(path, preprocessing["crop_size"],
-                                           preprocessing["image_size"])
+                found = read(path)
             except (OSError, ValueError) as error:
                 skipped[path] = str(error)
                 continue
-            if dedupe and digest in seen:
+            if dedupe and found and found[0].digest in seen:
                 skipped[path] = "the same image (sha256) is already in the gallery or listed"
                 continue
-            seen.add(digest)
-            images.append(pixels)
-            kept.append(path)
-            hashes.append(digest)
-        if images:
-            yield Embedded(np.asarray(embed(np.stack(images)), np.float32), kept, hashes)
+            seen.update(f.digest for f in found)
+            faces += found
+        if faces:
+            yield Embedded(np.asarray(embed(np.stack([f.pixels for f in faces])), np.float32),
+                           [f.key for f in faces], [f.digest for f in faces],
+                           [f.where for f in faces])
 
 
 def embed_all(embed: Callable[[np.ndarray], np.ndarray], paths: Sequence[str],

@@ -1,0 +1,143 @@
+"""A folder of ordinary photos (``<identity>/<image>``) -> a folder of aligned crops in the
+layout train.py, evaluate.py and identify.py read (``<identity>/<identity>_SSSS_VVVV.png``).
+
+Photo number SSSS (from 0001, in the order photos are first aligned) is the source photo,
+VVVV the face: 0000 for the kept one (the largest), 0001... for the others with
+``all_faces`` (they may be other people: look before training on them). ``align.csv`` in
+the output folder has a row per face (box, landmarks, score) and per photo without one
+(status ``no_face`` or ``unreadable`` with the reason). A photo already in ``align.csv`` is
+not done again, so an interrupted run resumes; each crop is written whole (a staging file
+renamed), and a row is written only after its crop.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from bt_jax.identify.crops import IMAGE_SUFFIXES
+from bt_jax.identify.detect import Detector
+from bt_jax.identify.photos import Found, find_faces, largest, read_file
+
+CSV_NAME = "align.csv"
+FIELDS = (["photo", "status", "faces_found", "face", "output", "score", "x1", "y1", "x2", "y2"]
+          + [f"{p}_{a}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+             for a in ("x", "y")] + ["reason"])
+
+
+class Summary(NamedTuple):
+    photos: int        # listed
+    already: int       # done by an earlier run
+    counts: Dict[str, int]  # status -> photos of this run
+    crops: int         # written by this run
+
+
+def list_photos(folder: str) -> List[str]:
+    """``identity/file`` of every image one level down, sorted; ValueError if none."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--photos {folder} is not a folder; give one with a "
+                                "sub-folder per person (<identity>/<image>).")
+    found = [f"{person}/{name}" for person in sorted(os.listdir(folder))
+             if os.path.isdir(os.path.join(folder, person)) and not person.startswith(".")
+             for name in sorted(os.listdir(os.path.join(folder, person)))
+             if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]
+    if not found:
+        raise ValueError(f"{folder} holds no images in <identity>/<image> sub-folders "
+                         f"(suffixes {', '.join(IMAGE_SUFFIXES)}).")
+    return found
+
+
+def read_done(out: str) -> Tuple[set, Dict[str, int]]:
+    """(photos already in align.csv, highest photo number per identity)."""
+    done, numbers = set(), {}
+    path = os.path.join(out, CSV_NAME)
+    if not os.path.isfile(path):
+        return done, numbers
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("reason") is None:  # a line cut short by an interrupted run
+                continue
+            done.add(row["photo"])
+            if row["output"]:
+                identity, name = row["output"].split("/", 1)
+                number = int(name[len(identity) + 1:].split("_")[0])
+                numbers[identity] = max(numbers.get(identity, 0), number)
+    return done, numbers
+
+
+def align_folder(detector: Detector, source: str, out: str, crop_size: int, *,
+                 all_faces: bool = False, progress=None) -> Summary:
+    """Align every photo of ``source`` not yet done into ``out`` (see the module doc)."""
+    photos = list_photos(source)
+    os.makedirs(out, exist_ok=True)
+    done, numbers = read_done(out)
+    todo = [p for p in photos if p not in done]
+    counts: Dict[str, int] = {}
+    crops = 0
+    path = os.path.join(out, CSV_NAME)
+    new_file = not os.path.isfile(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new_file:
+            writer.writeheader()
+        elif not _ends_a_line(path):
+            f.write("\r\n")  # end the row an interrupted run cut short (read_done skips it)
+        for photo in (progress(todo) if progress else todo):
+            rows = list(_align_one(detector, source, out, photo, crop_size, all_faces, numbers))
+            writer.writerows(rows)
+            f.flush()
+            counts[rows[0]["status"]] = counts.get(rows[0]["status"], 0) + 1
+            crops += sum(1 for r in rows if r["output"])
+    return Summary(len(photos), len(photos) - len(todo), counts, crops)
+
+
+def _align_one(detector, source, out, photo, crop_size, all_faces, numbers) -> Iterator[dict]:
+    try:
+        pixels, _ = read_file(os.path.join(source, photo))
+        found = find_faces(detector, pixels, crop_size)
+    except (OSError, ValueError) as error:
+        yield _row(photo, "unreadable", 0, reason=str(error))
+        return
+    if not found:
+        yield _row(photo, "no_face", 0, reason="no face found")
+        return
+    status = "one_face" if len(found) == 1 else "several_faces"
+    kept = largest(found)
+    others = [f for f in found if f.index != kept.index] if all_faces else []
+    identity = photo.split("/", 1)[0]
+    numbers[identity] = number = numbers.get(identity, 0) + 1
+    for variant, face in enumerate([kept] + others):
+        name = f"{identity}/{identity}_{number:04d}_{variant:04d}.png"
+        _save(face.crop, os.path.join(out, name))
+        yield _row(photo, status, len(found), face, name)
+
+
+def _ends_a_line(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _save(crop: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = path + ".partial"
+    Image.fromarray(crop).save(staging, format="PNG")
+    os.replace(staging, path)
+
+
+def _row(photo: str, status: str, count: int, face: Optional[Found] = None,
+         output: str = "", reason: str = "") -> dict:
+    row = dict.fromkeys(FIELDS, "")
+    row.update(photo=photo, status=status, faces_found=count, output=output, reason=reason)
+    if face is not None:
+        row.update(face=face.index, score=round(face.score, 4))
+        row.update(zip(("x1", "y1", "x2", "y2"), (round(float(v), 1) for v in face.box)))
+        row.update(zip(FIELDS[10:20], (round(float(v), 1) for v in face.landmarks.ravel())))
+    return row
