@@ -1,17 +1,22 @@
-"""Export a network's embedding function with its weights as a jax.export artifact.
+"""Export a network's embedding function with its weights: a jax.export artifact, or ONNX.
 
   # a training run's latest checkpoint
   python scripts/export.py --config configs/mlfw.py --workdir runs/mlfw --out exports/mlfw
   # converted weights (or 'scratch'), replacing an earlier export
   python scripts/export.py --config configs/facenet.py --init converted_weights/x \
       --out exports/facenet --overwrite
+  # an ONNX graph for onnxruntime (docs/onnx.md)
+  python scripts/export.py --config configs/mlfw_facenet.py --workdir runs/mlfw_facenet \
+      --format onnx --out exports/mlfw_onnx
 
 Writes <out>/embedder.bin (the function, weights inside) and <out>/embedder.json (image
 size, normalisation, embedding, metric, feature_dim, fingerprint). Load it with
 ``bt_jax.identify.exported.load_embedder(out)``, which needs only jax and numpy. Its inputs are
 aligned face crops, uint8 RGB of config.data.image_size px, prepared like the training
 images: this project has no face detector. Its outputs are float32 embeddings, not
-L2-normalised.
+L2-normalised. With --format onnx: <out>/embedder.onnx alone, the settings in its metadata,
+taking raw crops at config.data.crop_size (the resize is inside the graph); loaded by the
+same function, run by onnxruntime without jax.
 """
 
 from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
@@ -41,7 +46,9 @@ _OUT = flags.DEFINE_string("out", None, "Folder for embedder.bin and embedder.js
                            "S = config.data.image_size); there is no face detector.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --out.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the artifact runs on: "
-                               "cpu, cuda, rocm, tpu.")
+                               "cpu, cuda, rocm, tpu (--format jax).")
+_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax: embedder.bin (jax.export) "
+                            "and embedder.json; onnx: embedder.onnx for onnxruntime.")
 flags.mark_flags_as_required(["config", "out"])
 
 
@@ -50,7 +57,12 @@ def _check_args(config) -> None:
     from bt_jax.identify import export
 
     export.check_out_dir(_OUT.value, _OVERWRITE.value)
-    export.check_platforms(_PLATFORMS.value)
+    if _FORMAT.value == "onnx":
+        from bt_jax.identify import onnx_export
+
+        onnx_export.check_converter()
+    else:
+        export.check_platforms(_PLATFORMS.value)
     if _WORKDIR.value is not None:
         from bt_jax.runtime import run_config
 
@@ -70,8 +82,14 @@ def _export(config) -> dict:
     if _INIT.value is not None:
         config = copy.deepcopy(config)
         config.init = _INIT.value  # a frozen trunk reads its weights from config.init
-    export.export_embedder(config, loaded.variables, _OUT.value, platforms=_PLATFORMS.value,
-                           overwrite=_OVERWRITE.value)
+    if _FORMAT.value == "onnx":
+        from bt_jax.identify import onnx_export
+
+        onnx_export.export_onnx(config, loaded.variables, _OUT.value,
+                                overwrite=_OVERWRITE.value)
+    else:
+        export.export_embedder(config, loaded.variables, _OUT.value,
+                               platforms=_PLATFORMS.value, overwrite=_OVERWRITE.value)
     return exported.load_embedder(_OUT.value).info
 
 
@@ -83,13 +101,16 @@ def main(argv):
     try:
         _check_args(_CONFIG.value)
         info = _export(_CONFIG.value)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # Expected bad input: one line that names the problem and the fix.
         sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
     size = sum(os.path.getsize(os.path.join(_OUT.value, f)) for f in os.listdir(_OUT.value))
+    runs_on = (f"platforms {','.join(info['platforms'])}" if "platforms" in info else
+               f"onnxruntime, {info['crop_size']} px crops resized to {info['image_size']} "
+               "in the graph")
     print(f"exported {info['arch']} {info['embedding']} to {os.path.abspath(_OUT.value)}: "
           f"{info['image_size']} px crops -> {info['feature_dim']} floats ({info['metric']}), "
-          f"platforms {','.join(info['platforms'])}")
+          f"{runs_on}")
     print(f"  fingerprint {info['fingerprint']}, {size / 1e6:.1f} MB, "
           f"{time.time() - start:.1f} s")
 

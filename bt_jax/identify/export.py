@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from bt_jax.network import embedding
 from bt_jax.network.network import Network
-from bt_jax.identify.exported import (FILES, FORMAT_VERSION, FUNCTION_FILE, INFO_FILE)
+from bt_jax.identify.exported import (EXPORT_FILES, FORMAT_VERSION, FUNCTION_FILE,
+                                      INFO_FILE)
 
 PLATFORMS = ("cpu", "cuda")
 # What jax.export lowers for. It accepts any other name too (even "CPU") and the artifact
@@ -56,7 +57,7 @@ def export_embedder(config, variables: Dict[str, Any], out_dir: str, *,
             "jax_version": jax.__version__, "platforms": list(exported.platforms),
             # Ties the .json to this .bin: the loader refuses a .bin of another export.
             "function_sha256": hashlib.sha256(function).hexdigest()}
-    _write(out_dir, {FUNCTION_FILE: function,
+    write_files(out_dir, {FUNCTION_FILE: function,
                      INFO_FILE: (json.dumps(info, indent=2) + "\n").encode()})
     return out_dir
 
@@ -90,7 +91,7 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
         raise FileExistsError(f"export folder {out_dir!r} is not empty; pass --overwrite "
                               "(overwrite=True) to replace the export in it, or name a new "
                               "folder.")
-    others = sorted(set(existing) - set(FILES))
+    others = sorted(set(existing) - set(EXPORT_FILES))
     if others:
         raise FileExistsError(f"export folder {out_dir!r} holds {others[:3]}, not only an "
                               "earlier export; it is never deleted: name another folder.")
@@ -111,7 +112,7 @@ def _check_writable_parent(out_dir: str) -> None:
                          "writable; name a folder you can write to.")
 
 
-def _write(out_dir: str, files: Dict[str, bytes]) -> None:
+def write_files(out_dir: str, files: Dict[str, bytes]) -> None:
     """All files or none: written beside ``out_dir`` and renamed into place."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)

@@ -4,7 +4,10 @@
 ``embedder.bin``, a serialized ``jax.export`` function with the weights inside it, and
 ``embedder.json``, its input contract and fingerprint. This module reads that folder with
 jax, numpy, json and os only: no model code, no flax, no config, so a deployment needs
-neither this project's training stack nor its version of the model classes.
+neither this project's training stack nor its version of the model classes. A folder
+holding ``embedder.onnx`` (``scripts/export.py --format onnx``) is handed to
+``bt_jax.identify.onnx_embedder`` and runs on onnxruntime without jax: jax is imported
+here only when a jax.export function is read.
 
     from bt_jax.identify.exported import load_embedder
     embed = load_embedder("exports/mlfw")
@@ -21,7 +24,6 @@ import json
 import os
 from typing import Any, Dict
 
-import jax
 import numpy as np
 
 # 2: embedder.json records embedder.bin's sha256 (function_sha256), checked at load.
@@ -29,6 +31,10 @@ FORMAT_VERSION = 2
 FUNCTION_FILE = "embedder.bin"
 INFO_FILE = "embedder.json"
 FILES = (FUNCTION_FILE, INFO_FILE)
+# scripts/export.py --format onnx: one file, its settings in the model's metadata.
+ONNX_FILE = "embedder.onnx"
+# What an export folder may hold: a folder of either format is replaced by the other.
+EXPORT_FILES = FILES + (ONNX_FILE,)
 # The keys of embedder.json that the loader reads or that describe the input contract, with
 # their types; other keys (arch, jax_version, ...) are notes for people.
 INFO_TYPES = {"format_version": int, "image_size": int, "crop_size": int,
@@ -66,15 +72,15 @@ def read_info(out_dir: str) -> Dict[str, Any]:
     return info
 
 
-def check_info(info: Dict[str, Any], path: str) -> None:
-    """Every key of INFO_TYPES present with its type: an edited or cut file is named here,
+def check_info(info: Dict[str, Any], path: str, types: Dict[str, type] = INFO_TYPES) -> None:
+    """Every key of ``types`` present with its type: an edited or cut file is named here,
     not as a KeyError or a wrong verdict on the caller's images later."""
-    missing = sorted(set(INFO_TYPES) - set(info))
+    missing = sorted(set(types) - set(info))
     if missing:
         raise ValueError(f"{path} lacks the key{'s' * (len(missing) > 1)} "
                          f"{', '.join(missing)}; export again with "
                          "scripts/export.py.")
-    for key, kind in INFO_TYPES.items():
+    for key, kind in types.items():
         value = info[key]
         # bool is an int to isinstance, but True is no image size.
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -99,6 +105,8 @@ class ExportedEmbedder:
         self.feature_dim = self.info["feature_dim"]
         self.exported = _read_function(out_dir, self.info)
         _check_contract(self.exported, self.info, os.path.join(out_dir, INFO_FILE))
+        import jax
+
         # One compilation per padded batch shape (see _rows), reused on every call.
         self._call = jax.jit(self.exported.call)
 
@@ -142,6 +150,8 @@ def _read_function(out_dir: str, info: Dict[str, Any]):
                          f"records {info['function_sha256']}: the two files are not from one "
                          "export (or the .bin was changed); export again with "
                          "scripts/export.py.")
+    import jax
+
     try:
         return jax.export.deserialize(serialized)
     except ImportError:
@@ -182,6 +192,12 @@ def _rows(n: int) -> int:
     return min(CHUNK, 1 << max(0, n - 1).bit_length())
 
 
-def load_embedder(out_dir: str) -> ExportedEmbedder:
-    """The embedder exported to ``out_dir`` (``embedder.bin`` and ``embedder.json``)."""
+def load_embedder(out_dir: str):
+    """The embedder exported to ``out_dir``: an ``OnnxEmbedder`` (onnxruntime, no jax) when
+    it holds ``embedder.onnx``, else the jax.export function (``embedder.bin`` and
+    ``embedder.json``)."""
+    if os.path.isfile(os.path.join(out_dir, ONNX_FILE)):
+        from bt_jax.identify import onnx_embedder
+
+        return onnx_embedder.OnnxEmbedder(out_dir)
     return ExportedEmbedder(out_dir)
