@@ -20,15 +20,19 @@ refused rather than squashed.
       --workdir runs/mlfw_facenet --data_dir ../shared/data/mlfw/val --out report.json
 """
 
+import sys
+
+from bt_jax.identify.onnx_embedder import exports_onnx
 from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
 from bt_jax.runtime.logs import quiet, quiet_after_flags
 
-set_up_cpu(8)  # first: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path
+# First: tcmalloc (a re-exec), 8 simulated CPU devices, the fast CPU path; with an ONNX
+# --exported embedder onnxruntime embeds, and jax is neither probed nor imported.
+set_up_cpu(8, uses_jax=not exports_onnx(sys.argv))
 quiet()
 
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -146,7 +150,7 @@ def report(config) -> None:
     check_output_file(_OUT.value, "--out")
     settings, seed = _settings(config)
     embedder = _embedder(config)
-    records = folder_records(_DATA.value, embedder.preprocessing["image_size"])
+    records = folder_records(_DATA.value, embedder.reads["image_size"])
     results = measure(embedder, records, settings, seed=seed, where=_DATA.value)
     with open(_OUT.value, "w") as f:
         json.dump(results, f, indent=2)

@@ -29,9 +29,12 @@ class Embedder:
     """uint8 crops -> features, with the fingerprint and preprocessing that define them."""
 
     def __init__(self, embed, fingerprint: str, preprocessing: Dict[str, Any],
-                 source: Dict[str, Any]):
+                 source: Dict[str, Any], reads: Optional[Dict[str, Any]] = None):
         self.embed, self.fingerprint = embed, fingerprint
         self.preprocessing, self.source = preprocessing, source
+        # How files are decoded for ``embed``: at the network's image size, except for an
+        # ONNX graph, which takes the raw crops and resizes them itself.
+        self.reads = reads or preprocessing
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.embed(images)
@@ -60,7 +63,8 @@ def exported_embedder(folder: str) -> Embedder:
     model = exported.load_embedder(folder)
     preprocessing = {k: model.info[k] for k in PREPROCESSING_KEYS}
     return Embedder(model, model.fingerprint, preprocessing,
-                    {"kind": "exported", "path": os.path.abspath(folder)})
+                    {"kind": "exported", "path": os.path.abspath(folder)},
+                    getattr(model, "reads", None))
 
 
 def rebuild_embedder(source: Dict[str, Any]) -> Embedder:
@@ -124,7 +128,7 @@ def _embed_people(embedder, todo, gallery: Gallery, strangers: set):
     to the enrolled people or to the strangers."""
     owner = dict((f, p) for p, f in todo)
     enrolled, apart, skipped = gallery.enrolled, gallery.strangers, {}
-    for batch in embed_stream(embedder, [f for _, f in todo], embedder.preprocessing, skipped,
+    for batch in embed_stream(embedder, [f for _, f in todo], embedder.reads, skipped,
                               known=gallery.hashes + gallery.strangers.hashes):
         check_width(gallery, batch.features)
         names = [owner[f] for f in batch.paths]
@@ -163,7 +167,9 @@ def query(embedder: Embedder, gallery: Gallery, paths: Sequence[str], *, identif
     if threshold is None:
         threshold, how = stored_threshold(gallery, classifier, identify_config.fpir[0])
     rows, skipped = [], {}
-    for batch in embed_stream(embedder, list(paths), gallery.preprocessing, skipped,
+    # embedder.reads: the gallery's preprocessing (the fingerprints agree), as this
+    # embedder takes its images.
+    for batch in embed_stream(embedder, list(paths), embedder.reads, skipped,
                               dedupe=False):
         check_width(gallery, batch.features)
         answers = identify(gallery, batch.features, classifier,

@@ -160,10 +160,14 @@ def define_set_up_flags() -> None:
                       f"before anything starts; {MALLOC_ENV}=0 does the same as --notcmalloc).")
 
 
-def set_up_cpu(devices: int = 8) -> None:
+def set_up_cpu(devices: int = 8, *, uses_jax: bool = True) -> None:
     """What every entry point does first: tcmalloc where the system has one (re-executing
     the process), ``devices`` simulated CPU devices, the fast CPU path. The last two only
-    affect the CPU platform."""
+    affect the CPU platform. With ``uses_jax=False`` (a command that will not run jax,
+    such as a query served by onnxruntime) only tcmalloc is set up: the fast path's probe
+    would start jax in a child process for nothing."""
     preload_tcmalloc()
+    if not uses_jax:
+        return
     simulate_cpu_devices(devices)
     fast_cpu()
