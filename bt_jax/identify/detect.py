@@ -8,7 +8,7 @@
    the last suppression compares overlap with the smaller box, so a box inside a larger
    face goes.
 
-Shapes are padded to a few sizes (images to multiples of ``BUCKET``, patch batches to
+Shapes are padded to a few sizes (images to one of ``BUCKETS``, patch batches to
 powers of two) so that a folder of photos compiles each network a handful of times.
 Photos larger than ``max_side`` are downscaled for detection; boxes and landmarks are
 given in the photo's own pixels. Landmarks are (x, y) in the order left eye, right eye,
@@ -28,8 +28,10 @@ from PIL import Image
 from bt_jax.models.mtcnn import ONet, PNet, RNet
 from bt_jax.weights import mtcnn as mtcnn_weights
 
-# Scaled images are padded to multiples of this before P-Net (see PNet's ``valid``).
-BUCKET = 32
+# Scaled images are padded up to the next of these sides before P-Net (see PNet's
+# ``valid``): 32 and 48 times powers of two, so that photos of any size share a few
+# compiled shapes at the cost of at most half a side of padding.
+BUCKETS = tuple(sorted(b << k for b in (32, 48) for k in range(8)))
 # P-Net's window and stride, in pixels of a scaled image.
 CELL, STRIDE = 12, 2
 
@@ -187,10 +189,13 @@ def _resized(image: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BOX))
 
 
+def _bucket(n: int) -> int:
+    return next((b for b in BUCKETS if b >= n), -(-n // BUCKETS[-1]) * BUCKETS[-1])
+
+
 def _padded(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
-    ph, pw = -(-h // BUCKET) * BUCKET, -(-w // BUCKET) * BUCKET
-    return np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)))
+    return np.pad(image, ((0, _bucket(h) - h), (0, _bucket(w) - w), (0, 0)))
 
 
 def _pnet_boxes(params, image: np.ndarray, scale: float, settings: Settings) -> np.ndarray:

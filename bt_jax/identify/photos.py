@@ -8,13 +8,14 @@ the name or ``unknown`` under each face.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bt_jax.identify.align import align, read_photo
-from bt_jax.identify.crops import Face, file_digest
+from bt_jax.identify.crops import UNKNOWN, Face, file_digest
 from bt_jax.identify.detect import Detector, Faces
 
 
@@ -99,3 +100,30 @@ def draw(photo: np.ndarray, faces: Sequence[Dict[str, Any]]) -> Image.Image:
         pen.rectangle([left - 2, top - 2, right + 2, bottom + 2], fill=colour)
         pen.text((x1, y2 + width), face["label"], fill=(0, 0, 0), font=font)
     return image
+
+
+def draw_answers(rows: Sequence[Dict[str, Any]], folder: str) -> List[str]:
+    """A copy of each answered photo in ``folder`` with its faces boxed and named (the
+    rank-1 rows of identify's answers); returns the files written."""
+    by_photo: Dict[str, List[Dict[str, Any]]] = {}
+    for row in rows:
+        if row["rank"] == 1 and "face" in row:
+            known = row["decision"] != UNKNOWN
+            by_photo.setdefault(row["image"], []).append({
+                "box": (row["x1"], row["y1"], row["x2"], row["y2"]), "known": known,
+                "label": f"{row['decision']} {row['similarity']:.2f}"})
+    os.makedirs(folder, exist_ok=True)
+    written, names = [], set()
+    for image, faces in by_photo.items():
+        stem = os.path.splitext(os.path.basename(image))[0]
+        name, n = f"{stem}.jpg", 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}.jpg"
+        names.add(name)
+        path = os.path.join(folder, name)
+        staging = path + ".partial"
+        draw(read_file(image)[0], faces).save(staging, format="JPEG", quality=90)
+        os.replace(staging, path)
+        written.append(path)
+    return written
