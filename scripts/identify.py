@@ -1,8 +1,8 @@
 """Enrol people into a gallery, then name the people in aligned face crops, or say unknown.
 
 Inputs are ALIGNED FACE CROPS like the training data's (MLFW: 112x112, eyes and mouth at
-fixed places); this project has no face detector, and an image of another size is
-refused rather than squashed.
+fixed places; an image of another size is refused rather than squashed), or with
+--photos ordinary photos: every face is found (MTCNN) and aligned first.
 
   # enrol a folder of <identity>/<image> crops; hold out a quarter of the people as
   # strangers to calibrate the 'unknown' threshold for config.identify.fpir
@@ -13,6 +13,9 @@ refused rather than squashed.
   python scripts/identify.py enrol --config ... --workdir ... --images more/ --out gallery.npz --add
   # name the faces in images or folders: top-k identities with cosine similarity
   python scripts/identify.py query --gallery gallery.npz crops/ one.jpg --out answers
+  # photos: enrol each photo's largest face; name every face of a group photo, and draw
+  python scripts/identify.py enrol --photos --config ... --workdir ... --images people/ --out g.npz
+  python scripts/identify.py query --photos --gallery g.npz party.jpg --out answers --draw drawn/
   # the same from an exported embedder alone (scripts/export.py)
   python scripts/identify.py query --gallery gallery.npz --exported export/ crops/
   # measured on a labelled folder: classifiers side by side, open-set rates
@@ -59,6 +62,11 @@ _THRESHOLD = flags.DEFINE_float("threshold", None, "query: cosine similarity bel
                                 "face is 'unknown' (default: the gallery's calibrated one).")
 _DATA = flags.DEFINE_string("data_dir", None, "report: labelled <identity>/<Name>_SSSS_VVVV "
                             "crops.")
+_PHOTOS = flags.DEFINE_bool("photos", False, "enrol/query: ordinary photos, not aligned crops: "
+                            "faces are found (MTCNN, config.detect) and aligned first; enrol "
+                            "takes each photo's largest face, query every face.")
+_DRAW = flags.DEFINE_string("draw", None, "query --photos: folder for copies of the photos "
+                            "with each face boxed and named.")
 _OUT = flags.DEFINE_string("out", None, "enrol: gallery file; query: prefix of the .csv and "
                            ".json answers; report: JSON file.")
 
@@ -82,6 +90,18 @@ def _settings(config):
     return settings, seed
 
 
+def _photo_reader(config, embedder, largest_only: bool):
+    """identify/photos.PhotoReader for --photos, else None (aligned crops)."""
+    if not _PHOTOS.value:
+        return None
+    from bt_jax.config import base_config
+    from bt_jax.identify.detect import Detector, Settings
+    from bt_jax.identify.photos import PhotoReader
+
+    detector = Detector(Settings.from_config((config or base_config()).detect))
+    return PhotoReader(detector, embedder.reads, largest_only=largest_only)
+
+
 def run_enrol(config) -> None:
     if not _IMAGES.value or not _OUT.value:
         raise ValueError("enrol needs --images (a folder of <identity>/<image>) and --out.")
@@ -93,8 +113,9 @@ def run_enrol(config) -> None:
         if existing is None and os.path.exists(out):
             raise ValueError(f"{out} exists: pass --add to add people to it, or another "
                              "--out.")
-        done = enrol(_embedder(config), _IMAGES.value, identify_config=settings, seed=seed,
-                     existing=existing)
+        embedder = _embedder(config)
+        done = enrol(embedder, _IMAGES.value, identify_config=settings, seed=seed,
+                     existing=existing, reader=_photo_reader(config, embedder, True))
         _report_skipped(done.skipped)
         done.gallery.save(out)
     g = done.gallery
@@ -116,25 +137,35 @@ def run_query(config, paths) -> None:
     if not _GALLERY.value:
         raise ValueError("query needs --gallery (from `identify.py enrol`) and image paths.")
     check_threshold(_THRESHOLD.value)
+    if _DRAW.value and not _PHOTOS.value:
+        raise ValueError("--draw boxes the faces found in photos: add --photos.")
     if _OUT.value:
         for suffix in (".csv", ".json"):
             check_output_file(_OUT.value + suffix, "--out")
+    if _DRAW.value and os.path.isfile(_DRAW.value):
+        raise ValueError(f"--draw {_DRAW.value} is a file; give a folder for the pictures.")
     settings, _ = _settings(config)
     gallery = Gallery.load(_GALLERY.value)
     images = list_queries(paths)
     embedder = (_embedder(config) if _EXPORTED.value or config is not None
                 else rebuild_embedder(gallery.source))
     done = query(embedder, gallery, images, identify_config=settings,
-                 threshold=_THRESHOLD.value)
+                 threshold=_THRESHOLD.value, reader=_photo_reader(config, embedder, False))
     _report_skipped(done.skipped)
     if not done.rows:
         raise ValueError(f"none of the {len(images)} images could be answered (each reason "
-                         "is above); give aligned face crops.")
+                         "is above); give aligned face crops, or photos with --photos.")
     print(done.how, file=sys.stderr)
     for row in done.rows:
         if row["rank"] == 1:
-            print(f"{row['image']}: {row['decision']} (best {row['identity']}, "
+            face = f" face {row['face']} at {[row[k] for k in ('x1', 'y1', 'x2', 'y2')]}" \
+                if "face" in row else ""
+            print(f"{row['image']}{face}: {row['decision']} (best {row['identity']}, "
                   f"similarity {row['similarity']:.3f})")
+    if _DRAW.value:
+        from bt_jax.identify.photos import draw_answers
+
+        print(f"drew {len(draw_answers(done.rows, _DRAW.value))} photos in {_DRAW.value}")
     if _OUT.value:
         meta = {"gallery": _GALLERY.value, "threshold": done.threshold, "threshold_set": done.how,
                 "classifier": settings.classifier, "skipped": done.skipped}

@@ -5,6 +5,7 @@ landmarks, alignment, and scripts/align.py's folder work (resume, CSV, bad image
 import csv
 import glob
 import io
+import json
 import os
 import pickle
 
@@ -240,3 +241,51 @@ def test_align_folder_names_reports_and_resumes(tmp_path, detector):
     assert [r["photo"] for r in rows if r["reason"] is not None][-1] == "eileen/b.png"
     from bt_jax.data.folder import scan_folder
     assert [r.source for r in scan_folder(str(out), min_images_per_identity=1)] == [1, 2]
+
+
+# ------------------------------------------------------------------ identify.py --photos
+
+
+def _script(*args):
+    import subprocess
+    import sys
+
+    from conftest import tiny_flags
+
+    model = ["--config", "configs/synthetic.py", *tiny_flags(), "--init", "scratch"]
+    return subprocess.run([sys.executable, "scripts/identify.py", *args[:1], *model, *args[1:]],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_enrol_and_query_photos_end_to_end_with_drawing(tmp_path, params):
+    """Enrol two people from ordinary photos, then name both faces of a group photo (each
+    face found, aligned and named, with its box) and draw them; a photo with no face is
+    skipped with the reason."""
+    people = tmp_path / "people"
+    (people / "eileen").mkdir(parents=True)
+    (people / "cameraman").mkdir()
+    Image.fromarray(skdata.astronaut()).save(people / "eileen" / "a.jpg")
+    Image.fromarray(skdata.camera()).save(people / "cameraman" / "c.png")
+    group = Image.new("RGB", (1024, 512))
+    group.paste(Image.fromarray(skdata.astronaut()), (0, 0))
+    group.paste(Image.fromarray(skdata.camera()).convert("RGB"), (512, 0))
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    group.save(queries / "group.png")
+    Image.fromarray(skdata.coffee()).save(queries / "cup.jpg")
+    gallery = tmp_path / "g.npz"
+    done = _script("enrol", "--photos", "--images", str(people), "--out", str(gallery))
+    assert done.returncode == 0, done.stderr[-2000:]
+    asked = _script("query", "--photos", "--gallery", str(gallery), str(queries), "--out",
+                    str(tmp_path / "answers"), "--draw", str(tmp_path / "drawn"))
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert "cup.jpg: no face found" in asked.stderr
+    rows = [r for r in json.load(open(tmp_path / "answers.json"))["rows"] if r["rank"] == 1]
+    named = {r["identity"]: r for r in rows}
+    assert len(rows) == 2 and set(named) == {"eileen", "cameraman"}
+    assert named["eileen"]["x2"] < 512 < named["cameraman"]["x1"]  # each face its own box
+    assert named["eileen"]["similarity"] > 0.9
+    assert open(tmp_path / "answers.csv").readline().startswith("image,face,x1,y1,x2,y2")
+    assert Image.open(tmp_path / "drawn" / "group.jpg").size == (1024, 512)

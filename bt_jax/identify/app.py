@@ -90,13 +90,14 @@ class Enrolled(NamedTuple):
 
 
 def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
-          existing: Optional[Gallery] = None) -> Enrolled:
+          existing: Optional[Gallery] = None, reader=None) -> Enrolled:
     """The gallery with the people of ``folder/<identity>/<image>`` added.
 
     Only files not yet in ``existing`` (by real path and by content) are embedded. With
     ``identify_config.holdout_fraction`` a seeded share of the *new* people is held out
     as strangers: kept apart, never enrolled, and the threshold for each FPIR is set on
-    all the gallery's strangers. A person already held out stays a stranger.
+    all the gallery's strangers. A person already held out stays a stranger. ``reader``
+    (identify/photos.PhotoReader with ``largest_only``) takes photos instead of crops.
     """
     check_settings(identify_config)
     listed = list_enrolment(folder)
@@ -109,7 +110,8 @@ def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
                           enrolled=len(gallery.people))
     known = set(gallery.files) | set(gallery.strangers.files)
     todo = [(p, f) for p, f in listed if f not in known]
-    enrolled, kept_apart, skipped = _embed_people(embedder, todo, gallery, held | strangers)
+    enrolled, kept_apart, skipped = _embed_people(embedder, todo, gallery, held | strangers,
+                                                  reader)
     if not enrolled.files:
         raise ValueError(f"no readable image left to enrol from {folder} ({len(skipped)} "
                          f"skipped, {len(listed) - len(todo)} already in the gallery).")
@@ -123,13 +125,13 @@ def enrol(embedder: Embedder, folder: str, *, identify_config, seed: int,
     return Enrolled(gallery, skipped, sorted(held), len(listed) - len(todo))
 
 
-def _embed_people(embedder, todo, gallery: Gallery, strangers: set):
+def _embed_people(embedder, todo, gallery: Gallery, strangers: set, reader=None):
     """(enrolled, strangers, skipped): the gallery's faces with ``todo``'s appended, each
     to the enrolled people or to the strangers."""
     owner = dict((f, p) for p, f in todo)
     enrolled, apart, skipped = gallery.enrolled, gallery.strangers, {}
     for batch in embed_stream(embedder, [f for _, f in todo], embedder.reads, skipped,
-                              known=gallery.hashes + gallery.strangers.hashes):
+                              known=gallery.hashes + gallery.strangers.hashes, reader=reader):
         check_width(gallery, batch.features)
         names = [owner[f] for f in batch.paths]
         enrolled = enrolled.extended(*_picked(batch, names, lambda n: n not in strangers))
@@ -156,9 +158,11 @@ class Answers(NamedTuple):
 
 
 def query(embedder: Embedder, gallery: Gallery, paths: Sequence[str], *, identify_config,
-          threshold: Optional[float] = None) -> Answers:
+          threshold: Optional[float] = None, reader=None) -> Answers:
     """Name the faces in ``paths``, batch by batch: memory stays flat in their number.
-    Without ``threshold`` the gallery's strangers set it for ``identify_config.fpir[0]``."""
+    Without ``threshold`` the gallery's strangers set it for ``identify_config.fpir[0]``.
+    With a ``reader`` of photos (identify/photos.PhotoReader), each face found is a row
+    group of its own, with its place in the photo."""
     check_settings(identify_config)
     check_threshold(threshold)
     check_same_embedder(gallery, embedder.fingerprint, "this model's embeddings")
@@ -170,15 +174,24 @@ def query(embedder: Embedder, gallery: Gallery, paths: Sequence[str], *, identif
     # embedder.reads: the gallery's preprocessing (the fingerprints agree), as this
     # embedder takes its images.
     for batch in embed_stream(embedder, list(paths), embedder.reads, skipped,
-                              dedupe=False):
+                              dedupe=False, reader=reader):
         check_width(gallery, batch.features)
         answers = identify(gallery, batch.features, classifier,
                            top_k=identify_config.top_k, threshold=threshold)
-        rows += [{"image": path, "decision": a.decision, "rank": r + 1, "identity": name,
-                  "similarity": round(sim, 6)}
-                 for path, a in zip(batch.paths, answers)
+        rows += [{**_place(key, where), "decision": a.decision, "rank": r + 1,
+                  "identity": name, "similarity": round(sim, 6)}
+                 for key, where, a in zip(batch.paths, batch.where, answers)
                  for r, (name, sim) in enumerate(zip(a.identities, a.similarities))]
     return Answers(rows, skipped, threshold, how)
+
+
+def _place(key: str, where: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The image (and, for a face of a photo, which face and where) a row answers."""
+    if where is None:
+        return {"image": key}
+    x1, y1, x2, y2 = where["box"]
+    return {"image": key.rsplit("#", 1)[0], "face": where["face"], "x1": x1, "y1": y1,
+            "x2": x2, "y2": y2, "score": where["score"]}
 
 
 # Spreadsheets run a cell that starts with one of these as a formula.
@@ -196,6 +209,8 @@ def spreadsheet_text(value: Any) -> Any:
 def write_rows(rows: List[Dict[str, Any]], out: str, meta: Dict[str, Any]) -> List[str]:
     """``out``.csv and ``out``.json (the rows with what produced them)."""
     fields = ["image", "decision", "rank", "identity", "similarity"]
+    if rows and "face" in rows[0]:
+        fields[1:1] = ["face", "x1", "y1", "x2", "y2", "score"]
     with open(f"{out}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
