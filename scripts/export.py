@@ -13,7 +13,7 @@ Writes <out>/embedder.bin (the function, weights inside) and <out>/embedder.json
 size, normalisation, embedding, metric, feature_dim, fingerprint). Load it with
 ``bt_jax.identify.exported.load_embedder(out)``, which needs only jax and numpy. Its inputs are
 aligned face crops, uint8 RGB of config.data.image_size px, prepared like the training
-images: this project has no face detector. Its outputs are float32 embeddings, not
+images (scripts/align.py makes them from photos). Its outputs are float32 embeddings, not
 L2-normalised. With --format onnx: <out>/embedder.onnx alone, the settings in its metadata,
 taking raw crops at config.data.crop_size (the resize is inside the graph); loaded by the
 same function, run by onnxruntime without jax.
@@ -43,7 +43,7 @@ _INIT = flags.DEFINE_string("init", None, "Converted-weights folder, or 'scratch
                             "untrained network (seeded by config.seed). Default: config.init.")
 _OUT = flags.DEFINE_string("out", None, "Folder for embedder.bin and embedder.json. The "
                            "exported function takes aligned face crops (uint8, N x S x S x 3, "
-                           "S = config.data.image_size); there is no face detector.")
+                           "S = config.data.image_size; scripts/align.py aligns photos).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --out.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the artifact runs on: "
                                "cpu, cuda, rocm, tpu (--format jax).")

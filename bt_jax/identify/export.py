@@ -31,7 +31,7 @@ PLATFORMS = ("cpu", "cuda")
 # then fails at its first call, far from the export.
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 INPUTS_NOTE = ("aligned face crops, prepared like the training images: uint8 RGB, "
-               "(N, image_size, image_size, 3); this project has no face detector")
+               "(N, image_size, image_size, 3); scripts/align.py makes them from photos")
 
 
 def export_embedder(config, variables: Dict[str, Any], out_dir: str, *,

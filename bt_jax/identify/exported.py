@@ -13,8 +13,8 @@ here only when a jax.export function is read.
     embed = load_embedder("exports/mlfw")
     features = embed(crops)  # uint8 (N, embed.image_size, embed.image_size, 3)
 
-The inputs must be aligned face crops, prepared like the training images: this project
-has no face detector.
+The inputs must be aligned face crops, prepared like the training images
+(scripts/align.py makes them from photos).
 """
 
 from __future__ import annotations
