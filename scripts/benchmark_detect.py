@@ -3,7 +3,7 @@ photos, and the detection step alone, ours against the ``mtcnn`` package (Tensor
 
   python scripts/benchmark_detect.py --config configs/mlfw_facenet_deep.py \\
       --workdir runs/mlfw_facenet_deep --data_dir ../shared/data/mlfw/val \\
-      --package_python /tmp/venv-tf/bin/python --out detect_benchmark.json
+      --package_python <venv with tensorflow and mtcnn>/bin/python --out detect_benchmark.json
   python scripts/benchmark_detect.py --init converted_weights/facenet_casia  # configs/facenet.py
 
 The photos are composites of --data_dir's crops (1-4 faces each), or, without

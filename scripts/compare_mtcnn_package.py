@@ -3,9 +3,9 @@
 Run once, not in CI, with a Python that has TensorFlow and ``mtcnn==1.0.0`` (not bt_jax:
 this script imports only numpy, Pillow, json and, to detect, the package):
 
-  /tmp/venv-tf/bin/python scripts/compare_mtcnn_package.py --canvases /tmp/canvases \
-      [--kinds kinds.txt] [--out /tmp/canvases/package.json] [--reuse]
-  /tmp/venv-tf/bin/python scripts/compare_mtcnn_package.py --time_photos DIR --rounds 3
+  <venv>/bin/python scripts/compare_mtcnn_package.py --canvases canvases/ \
+      [--kinds kinds.txt] [--out canvases/package.json] [--reuse]
+  <venv>/bin/python scripts/compare_mtcnn_package.py --time_photos DIR --rounds 3
 
 (the second: scripts/benchmark_detect.py --package_python times the package this way).
 
@@ -29,7 +29,7 @@ Compared, pure numpy:
 truth figures by kind; to write it for the study's canvases, in the project's venv:
 
   python -c "import os; from bt_jax.data.folder import scan_folder; \
-r='/work/shared/data/mlfw/val'; k={os.path.realpath(os.path.join(r, n)): m for m, n in \
+r='../shared/data/mlfw/val'; k={os.path.realpath(os.path.join(r, n)): m for m, n in \
 (l.split() for l in open('docs/detection_mask_labels.txt') if l.strip() and l[0] != '#')}; \
 [print(i, k[os.path.realpath(x.path)]) for i, x in enumerate(scan_folder(r, \
 min_images_per_identity=1)) if os.path.realpath(x.path) in k]" > kinds.txt
