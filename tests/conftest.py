@@ -149,3 +149,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The files whose tests take longest (measured with --durations), longest first. xdist's
+# --dist loadfile hands whole files to the two workers in collection order: a long file
+# collected last (test_robustness.py, alphabetically) kept one worker busy for minutes
+# after the other had finished. Started first, the short files fill in around them.
+LONGEST_FILES_FIRST = ("test_robustness.py", "test_train.py", "test_benchmark.py",
+                       "test_identify.py", "test_trunk.py", "test_facenet.py",
+                       "test_onnx.py", "test_ops.py", "test_detect.py", "test_model.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
