@@ -3,7 +3,9 @@ written.
 
 ``<workdir>/checkpoints/<step>/`` the latest few training states (orbax, atomic),
 ``best/`` the one with the lowest validation loss, ``metrics.jsonl`` one JSON record per
-log interval and evaluation, ``results.json`` the start and end evaluations, and
+log interval and evaluation (and the same scalars in TensorBoard's
+``events.out.tfevents.*`` files, one per attempt), ``results.json`` the start and end
+evaluations, and
 ``config.json`` the config the run was started with (checked on resume), and ``lock`` while
 a process trains in it (``bt_jax.runtime.lock``).
 """
