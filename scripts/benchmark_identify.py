@@ -20,7 +20,6 @@ quiet()
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -44,22 +43,11 @@ def _cpu() -> str:
         return platform.processor() or "unknown"
 
 
-def _median_time(fn, rounds: int):
-    import statistics
-
-    fn()  # compiles
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv):
     del argv
     import numpy as np
 
+    from bt_jax.benchmark.measure import median_pass
     from bt_jax.identify import app
     from bt_jax.identify.gallery import Classifier, Gallery, identify
     from bt_jax.data import faces, synthetic
@@ -81,10 +69,10 @@ def main(argv):
                                embedder.preprocessing)
     features = embedder(crops)
     classifier = Classifier("1nn")
-    embed_s = _median_time(lambda: embedder(crops), _ROUNDS.value)
-    search_s = _median_time(lambda: identify(gallery, features, classifier),
+    embed_s = median_pass(lambda: embedder(crops), _ROUNDS.value)
+    search_s = median_pass(lambda: identify(gallery, features, classifier),
                             _ROUNDS.value)
-    both_s = _median_time(lambda: identify(gallery, embedder(crops), classifier),
+    both_s = median_pass(lambda: identify(gallery, embedder(crops), classifier),
                           _ROUNDS.value)
     q = _QUERIES.value
     print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "arch": config.model.arch,

@@ -18,13 +18,12 @@ gives the median of the timed ones:
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from bt_jax.benchmark.measure import median_pass
 from bt_jax.benchmark.plan import _cpu_flags, _cpu_model
 from bt_jax.identify.align import align
 from bt_jax.identify.composites import background, compose
@@ -76,18 +75,6 @@ def save_photos(photos: Sequence[np.ndarray], folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
     for i, photo in enumerate(photos):
         Image.fromarray(photo).save(os.path.join(folder, f"photo_{i:04d}.png"))
-
-
-def median_pass(fn: Callable[[], object], rounds: int, warm: bool = True) -> float:
-    """Median seconds of ``rounds`` calls of ``fn``, after an untimed one with ``warm``."""
-    if warm:
-        fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(detector, embedder, photos: Sequence[np.ndarray], crop_size: int,

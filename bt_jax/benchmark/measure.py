@@ -61,6 +61,19 @@ def summary(times: List[float]) -> Dict[str, float]:
             "min_s": min(times), "max_s": max(times), "n": len(times)}
 
 
+def median_pass(fn: Callable[[], object], rounds: int, warm: bool = True) -> float:
+    """Median seconds of ``rounds`` calls of ``fn``, after an untimed one with ``warm``
+    (which compiles whatever ``fn`` jits)."""
+    if warm:
+        fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

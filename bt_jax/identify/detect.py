@@ -81,8 +81,12 @@ class Faces(NamedTuple):
 
     def largest(self) -> int:
         """Index of the face with the largest box."""
-        return int(np.argmax((self.boxes[:, 2] - self.boxes[:, 0])
-                             * (self.boxes[:, 3] - self.boxes[:, 1])))
+        return largest_box(self.boxes)
+
+
+def largest_box(boxes: np.ndarray) -> int:
+    """Index of the largest (x1, y1, x2, y2) box by area."""
+    return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
 
 
 # ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bt_jax.identify.align import align, read_photo
 from bt_jax.identify.crops import UNKNOWN, Face, file_digest
-from bt_jax.identify.detect import Detector, Faces
+from bt_jax.identify.detect import Detector, Faces, largest_box
 
 
 class Found(NamedTuple):
@@ -43,8 +43,7 @@ def find_faces(detector: Detector, photo: np.ndarray, crop_size: int) -> List[Fo
 
 
 def largest(found: Sequence[Found]) -> Found:
-    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in found]
-    return found[int(np.argmax(areas))]
+    return found[largest_box(np.stack([f.box for f in found]))]
 
 
 def where(found: Found, count: int) -> Dict[str, Any]:
