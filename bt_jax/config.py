@@ -29,6 +29,9 @@ def base_config() -> config_dict.ConfigDict:
     # (manual_dir/aligned/ + pairs.txt) or 'tfds' (the mlfw builder, from manual_dir).
     config.data.source = "folder"
     config.data.train_dir = "../shared/data/mlfw/train"
+    # More images of train_dir's people, e.g. the same crops re-aligned from MTCNN's
+    # landmarks (scripts/align.py --crops): more variants of the same source photos.
+    config.data.train_extra_dir = ""
     config.data.val_dir = "../shared/data/mlfw/val"
     # Held-out identities for the end-of-run 1-NN; '' uses val_dir.
     config.data.eval_dir = ""
@@ -107,7 +110,7 @@ def base_config() -> config_dict.ConfigDict:
     config.optim.weight_decay = 1e-6
     config.optim.eta = 0.001
     config.optim.momentum = 0.9
-    config.optim.warmup_epochs = 10
+    config.optim.warmup_epochs = 10.0  # a float: part of an epoch is allowed
     config.optim.end_factor = 0.001
     # None: the backbone learns at the same rate; 0.0 freezes it.
     config.optim.backbone_lr_scale = config_dict.placeholder(float)

@@ -3,13 +3,15 @@
   python scripts/align.py --photos my_photos/ --out my_crops/
   python scripts/align.py --photos my_photos/ --out my_crops/ --all_faces \
       --config.detect.min_face_size=40
+  python scripts/align.py --crops --photos ../shared/data/mlfw/train --out data/mlfw_train_mtcnn
 
 ``--photos`` holds a sub-folder per person (<identity>/<image>). Each photo's largest
 face (every face with --all_faces) is found with MTCNN, aligned to the 112x112
 five-point template (config.data.crop_size) and written as
 <out>/<identity>/<identity>_SSSS_VVVV.png; <out>/align.csv lists each face's box,
 landmarks and score, and each photo without a face with the reason. Run it again to
-resume: photos already listed are skipped. MTCNN's weights come from the mtcnn 1.0.0
+resume: photos already listed are skipped. With --crops the photos are aligned crops
+already (<Name>_SSSS_VVVV): each is re-aligned from MTCNN's landmarks and keeps its name. MTCNN's weights come from the mtcnn 1.0.0
 wheel (pip, once; --mtcnn_wheel takes one brought by hand) into $BT_JAX_CACHE.
 """
 
@@ -38,6 +40,9 @@ _CONFIG = config_flags.DEFINE_config_dict("config", base_config(), "config.detec
 _PHOTOS = flags.DEFINE_string("photos", None, "Folder of <identity>/<image> photos.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the aligned crops and align.csv.")
 _ALL = flags.DEFINE_bool("all_faces", False, "Keep every face of a photo, not the largest.")
+_CROPS = flags.DEFINE_bool("crops", False, "The photos are already face crops named "
+                           "<Name>_SSSS_VVVV (e.g. MLFW's): re-align each under its own name, "
+                           "e.g. to train on both alignments (config.data.train_extra_dir).")
 _WHEEL = flags.DEFINE_string("mtcnn_wheel", None, "The mtcnn 1.0.0 wheel, already downloaded.")
 
 
@@ -54,7 +59,7 @@ def run(config) -> None:
         weights = mtcnn.load(mtcnn.fetch(wheel=_WHEEL.value, say=print))
         detector = Detector(settings, weights)
         done = align_folder(detector, _PHOTOS.value, _OUT.value, config.data.crop_size,
-                            all_faces=_ALL.value,
+                            all_faces=_ALL.value, crops=_CROPS.value,
                             progress=lambda items: tqdm(items, desc="photos", unit="photo"))
     counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in
                        sorted(done.counts.items())) or "nothing new"

@@ -440,3 +440,29 @@ def test_hold_out_moves_whole_identities_reproducibly_and_relabels():
     assert {r.identity for r in sources.hold_out(source, 0.2, seed=1)[1].records} != held_ids
     with pytest.raises(ValueError, match="holdout_fraction"):
         sources.hold_out(source, 1.0, seed=0)
+
+
+def test_train_extra_dir_adds_variants_of_the_same_sources(synth, tmp_path):
+    """A second alignment of train's crops joins as more variants of the same source
+    photos: read from its own files, and never paired with its twin by source_aware."""
+    originals = scan_folder(synth)
+    extra = tmp_path / "realigned"
+    for record in originals[:12]:  # the first identities' crops, as PNG, same names
+        name = Path(record.path).with_suffix(".png").name
+        (extra / record.identity).mkdir(parents=True, exist_ok=True)
+        Image.open(record.path).save(extra / record.identity / name)
+    (extra / "stranger").mkdir()  # not in train: left out
+    Image.open(originals[0].path).save(extra / "stranger" / "stranger_0001_0000.png")
+    source = _folder_source(synth, train_extra_dir=str(extra))
+    added = [r for r in source.records if r.variant >= sources.EXTRA_VARIANT_OFFSET]
+    assert len(source.records) == len(originals) + 12 and len(added) == 12
+    assert {r.identity for r in source.records} == {r.identity for r in originals}
+    twin = next(i for i, r in enumerate(source.records) if r.path.endswith(".png"))
+    assert source.read(twin) == Path(source.records[twin].path).read_bytes()
+    sampler = PairSampler(source.records, seed=0, pair_sampler="source_aware")
+    for i, j in sampler.epoch_pairs(0):
+        assert source.records[i].source != source.records[j].source
+    (tmp_path / "nobody" / "x").mkdir(parents=True)
+    Image.open(originals[0].path).save(tmp_path / "nobody" / "x" / "x_0001_0000.png")
+    with pytest.raises(ValueError, match="none of train_dir's identities"):
+        _folder_source(synth, train_extra_dir=str(tmp_path / "nobody"))

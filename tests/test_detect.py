@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from bt_jax.identify import align_photos, study
-from bt_jax.identify.align import TEMPLATE_112, align, read_photo, template
+from bt_jax.identify.align import TEMPLATE_112, align, read_photo, similarity, template
 from bt_jax.identify.composites import compose
 from bt_jax.identify.detect import Detector, Settings, nms
 from bt_jax.models import mtcnn as flax_mtcnn
@@ -241,6 +241,31 @@ def test_align_folder_names_reports_and_resumes(tmp_path, detector):
     assert [r["photo"] for r in rows if r["reason"] is not None][-1] == "eileen/b.png"
     from bt_jax.data.folder import scan_folder
     assert [r.source for r in scan_folder(str(out), min_images_per_identity=1)] == [1, 2]
+
+
+def test_crops_are_realigned_under_their_own_names(tmp_path, detector):
+    """--crops: an aligned crop (no room around the face) is found in a padded canvas,
+    re-aligned close to where it was and keeps its SSSS_VVVV; a bad name is reported."""
+    photos, out = tmp_path / "crops", tmp_path / "again"
+    (photos / "eileen").mkdir(parents=True)
+    photo = skdata.astronaut()
+    faces = detector(photo)
+    landmarks = faces.landmarks[faces.largest()]
+    crop = align(photo, landmarks, 112)
+    Image.fromarray(crop).save(photos / "eileen" / "eileen_0003_0001.jpg", quality=95)
+    Image.fromarray(crop).save(photos / "eileen" / "holiday.jpg")
+    done = align_photos.align_folder(detector, str(photos), str(out), 112, crops=True)
+    assert done.counts == {"one_face": 1, "unreadable": 1} and done.crops == 1
+    rows = {r["photo"]: r for r in csv.DictReader(open(out / align_photos.CSV_NAME))}
+    assert "SSSS_VVVV" in rows["eileen/holiday.jpg"]["reason"]
+    row = rows["eileen/eileen_0003_0001.jpg"]
+    assert row["output"] == "eileen/eileen_0003_0001.png"
+    found = np.asarray([float(row[k]) for k in align_photos.FIELDS[10:20]]).reshape(5, 2)
+    # In the crop's own pixels: where the photo's landmarks landed in the crop (the least-
+    # squares fit leaves this face's mouth ~5 px from the template), within 3 px.
+    assert np.abs(found - similarity(landmarks, 112)(landmarks)).max() < 3
+    again = np.asarray(Image.open(out / "eileen" / "eileen_0003_0001.png"), np.float32)
+    assert again.shape == (112, 112, 3) and np.abs(again - crop).mean() < 20
 
 
 # ------------------------------------------------------------------ identify.py --photos

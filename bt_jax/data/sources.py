@@ -155,6 +155,10 @@ def _raw_split(config, split: str, workdir: str):
     if source in ("folder", "synthetic"):
         root = data_dirs(config, workdir)[split]
         records = scan_folder(root, min_images_per_identity=1)
+        extra = config.data.get("train_extra_dir", "") if split == "train" else ""
+        if extra:
+            records = with_extra_variants(records, scan_folder(extra, min_images_per_identity=1))
+            root = f"{root} + {extra}"
         return root, records, _file_reader([r.path for r in records])
     if source == "mlfw_release":
         from bt_jax.data import release
@@ -165,6 +169,23 @@ def _raw_split(config, split: str, workdir: str):
     if source == "tfds":
         return _tfds_split(config, split, workdir)
     raise ValueError(f"config.data.source={source!r} is unknown; use one of {SOURCES}.")
+
+
+# Variant numbers of train_extra_dir's images start here, after any of train_dir's.
+EXTRA_VARIANT_OFFSET = 10_000
+
+
+def with_extra_variants(records: list, extra: list) -> list:
+    """``records`` and ``extra``'s images of the same people as more variants of the same
+    source photos (variant + EXTRA_VARIANT_OFFSET): the source-aware sampler then never
+    pairs an image with its own re-aligned twin. Identities only in ``extra`` are left out."""
+    people = {r.identity for r in records}
+    extra = [dataclasses.replace(r, variant=r.variant + EXTRA_VARIANT_OFFSET)
+             for r in extra if r.identity in people]
+    if not extra:
+        raise ValueError("config.data.train_extra_dir holds none of train_dir's identities; "
+                         "give it the same <identity> folders (scripts/align.py --crops).")
+    return sorted(records + extra, key=lambda r: (r.identity, r.source, r.variant, r.path))
 
 
 def _manual_dir(config, *, required: bool) -> str:

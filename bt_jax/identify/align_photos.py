@@ -8,6 +8,12 @@ the output folder has a row per face (box, landmarks, score) and per photo witho
 (status ``no_face`` or ``unreadable`` with the reason). A photo already in ``align.csv`` is
 not done again, so an interrupted run resumes; each crop is written whole (a staging file
 renamed), and a row is written only after its crop.
+
+With ``crops`` the photos are already face crops named ``<Name>_SSSS_VVVV`` (MLFW's, or
+another aligner's): each is padded by half its size for detection (a face filling its
+image has no room for the detector's boxes), re-aligned from the landmarks found and
+written under its own name as PNG, so its source and variant numbers stay, and the
+re-aligned folder can train beside the original (``config.data.train_extra_dir``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from bt_jax.data.folder import parse_image_name
+from bt_jax.identify.align import align
 from bt_jax.identify.crops import IMAGE_SUFFIXES
 from bt_jax.identify.detect import Detector
 from bt_jax.identify.photos import Found, find_faces, largest, read_file
@@ -70,14 +78,14 @@ def read_done(out: str) -> Tuple[set, Dict[str, int]]:
 
 
 def align_folder(detector: Detector, source: str, out: str, crop_size: int, *,
-                 all_faces: bool = False, progress=None) -> Summary:
+                 all_faces: bool = False, crops: bool = False, progress=None) -> Summary:
     """Align every photo of ``source`` not yet done into ``out`` (see the module doc)."""
     photos = list_photos(source)
     os.makedirs(out, exist_ok=True)
     done, numbers = read_done(out)
     todo = [p for p in photos if p not in done]
     counts: Dict[str, int] = {}
-    crops = 0
+    written = 0
     path = os.path.join(out, CSV_NAME)
     new_file = not os.path.isfile(path)
     with open(path, "a", newline="") as f:
@@ -87,12 +95,13 @@ def align_folder(detector: Detector, source: str, out: str, crop_size: int, *,
         elif not _ends_a_line(path):
             f.write("\r\n")  # end the row an interrupted run cut short (read_done skips it)
         for photo in (progress(todo) if progress else todo):
-            rows = list(_align_one(detector, source, out, photo, crop_size, all_faces, numbers))
+            align_one = _realign_crop if crops else _align_one
+            rows = list(align_one(detector, source, out, photo, crop_size, all_faces, numbers))
             writer.writerows(rows)
             f.flush()
             counts[rows[0]["status"]] = counts.get(rows[0]["status"], 0) + 1
-            crops += sum(1 for r in rows if r["output"])
-    return Summary(len(photos), len(photos) - len(todo), counts, crops)
+            written += sum(1 for r in rows if r["output"])
+    return Summary(len(photos), len(photos) - len(todo), counts, written)
 
 
 def _align_one(detector, source, out, photo, crop_size, all_faces, numbers) -> Iterator[dict]:
@@ -114,6 +123,31 @@ def _align_one(detector, source, out, photo, crop_size, all_faces, numbers) -> I
         name = f"{identity}/{identity}_{number:04d}_{variant:04d}.png"
         _save(face.crop, os.path.join(out, name))
         yield _row(photo, status, len(found), face, name)
+
+
+def _realign_crop(detector, source, out, photo, crop_size, all_faces, numbers) -> Iterator[dict]:
+    """One crop re-aligned under its own name (``crops`` mode: module doc)."""
+    try:
+        parse_image_name(photo)  # before the work: train.py needs the SSSS_VVVV numbers
+        pixels, _ = read_file(os.path.join(source, photo))
+        pad = pixels.shape[0] // 2
+        canvas = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), constant_values=127)
+        found = find_faces(detector, canvas, crop_size)
+    except (OSError, ValueError) as error:
+        yield _row(photo, "unreadable", 0, reason=str(error))
+        return
+    if not found:
+        yield _row(photo, "no_face", 0, reason="no face found")
+        return
+    face = largest(found)
+    # Aligned from the crop itself, not the grey canvas: outside the crop is black, as
+    # where any aligned crop reaches past its photo.
+    landmarks = face.landmarks - pad
+    face = face._replace(crop=align(pixels, landmarks, crop_size), landmarks=landmarks,
+                         box=face.box - pad)
+    name = os.path.splitext(photo)[0] + ".png"
+    _save(face.crop, os.path.join(out, name))
+    yield _row(photo, "one_face" if len(found) == 1 else "several_faces", len(found), face, name)
 
 
 def _ends_a_line(path: str) -> bool:

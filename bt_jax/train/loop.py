@@ -150,7 +150,7 @@ def preflight(config, workdir: str) -> None:
         raise FileNotFoundError(f"config.init={config.init!r}: no converted weights at "
                                 f"{os.path.join(config.init, 'variables')}.\n{HOW_TO_FIX}")
     if config.data.source == "folder":
-        for key in ("train_dir", "val_dir", "eval_dir"):
+        for key in ("train_dir", "train_extra_dir", "val_dir", "eval_dir"):
             folder_path = config.data[key]
             if folder_path and not os.path.isdir(folder_path):
                 raise FileNotFoundError(f"config.data.{key}={folder_path!r} is not a folder; "
