@@ -15,7 +15,7 @@ import os
 
 
 def _deep():
-    """configs/mlfw_facenet_deep.py, loaded by path as --config loads it (configs/ is no package)."""
+    """configs/mlfw_facenet_deep.py, loaded by path as --config loads it (no package)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlfw_facenet_deep.py")
     spec = importlib.util.spec_from_file_location("mlfw_facenet_deep", path)
     module = importlib.util.module_from_spec(spec)

@@ -11,8 +11,9 @@ five-point template (config.data.crop_size) and written as
 <out>/<identity>/<identity>_SSSS_VVVV.png; <out>/align.csv lists each face's box,
 landmarks and score, and each photo without a face with the reason. Run it again to
 resume: photos already listed are skipped. With --crops the photos are aligned crops
-already (<Name>_SSSS_VVVV): each is re-aligned from MTCNN's landmarks and keeps its name. MTCNN's weights come from the mtcnn 1.0.0
-wheel (pip, once; --mtcnn_wheel takes one brought by hand) into $BT_JAX_CACHE.
+already (<Name>_SSSS_VVVV): each is re-aligned from MTCNN's landmarks and keeps its name.
+MTCNN's weights come from the mtcnn 1.0.0 wheel (pip, once; --mtcnn_wheel takes one
+brought by hand) into $BT_JAX_CACHE.
 """
 
 from bt_jax.runtime.devices import define_set_up_flags, set_up_cpu
