@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -52,10 +53,16 @@ def _assert_same_state(a, b, atol=0.0):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_run(tmp_path_factory):
+    """The workdir of the tiny config's run from start to end, once per module."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
     loop.train_and_evaluate(tiny_config(), str(workdir))
-    return _final_state(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return _final_state(uninterrupted_run)
 
 
 def _wait_for_step(proc, workdir, step, timeout=240):
@@ -71,18 +78,31 @@ def _wait_for_step(proc, workdir, step, timeout=240):
     raise AssertionError(f"the run never reached step {step}: rc={proc.poll()}")
 
 
-@pytest.mark.slow
-def test_sigterm_saves_exits_75_and_resumes_exactly(uninterrupted, tmp_path):
-    workdir = tmp_path / "run"
-    proc = subprocess.Popen(_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    _wait_for_step(proc, workdir, 2)
-    proc.send_signal(signal.SIGTERM)
+def _interrupt(workdir, after_step, sig):
+    """Run until metrics.jsonl passes ``after_step``, send ``sig``: (exit code, stderr)."""
+    proc = subprocess.Popen(_command(workdir, "--config.train.log_every_steps=1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, workdir, after_step + 1)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-2000:]
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_sigterm_then_ctrl_c_each_save_and_exit_with_their_code_and_resume_exactly(
+        uninterrupted, tmp_path):
+    """A preemption (SIGTERM: exit 75), then a Ctrl-C in the resumed run (exit 130, no
+    traceback), then a run to the end: the state the uninterrupted run reached."""
+    workdir = tmp_path / "run"
+    code, err = _interrupt(workdir, 1, signal.SIGTERM)
+    assert code == preemption.PREEMPTED_EXIT_CODE, err[-2000:]
     assert "Run the same command again to resume" in err
     stopped_at = int(_final_state(workdir).step)
-    assert 2 <= stopped_at < TOTAL_STEPS
+    assert 2 <= stopped_at < TOTAL_STEPS - 2
+    code, err = _interrupt(workdir, stopped_at, signal.SIGINT)
+    assert code == preemption.INTERRUPTED_EXIT_CODE, err[-2000:]
+    assert "KeyboardInterrupt" not in err and "checkpoint is saved" in err
+    assert int(_final_state(workdir).step) > stopped_at
     subprocess.run(_command(workdir), check=True, capture_output=True, timeout=300)
     _assert_same_state(_final_state(workdir), uninterrupted)
 
@@ -185,23 +205,22 @@ def test_keep_checkpoints_below_one_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(tmp_path):
-    config = tiny_config()
-    config.train.epochs = 1
-    loop.train_and_evaluate(config, str(tmp_path))
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["projector"] == "32-32"
+def test_resume_refuses_a_changed_model_or_batch_and_names_each_field(uninterrupted_run,
+                                                                       tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, workdir)
+    assert json.loads((workdir / "config.json").read_text())["model"]["projector"] == "32-32"
     changed = tiny_config()
-    changed.train.epochs = 1
     changed.model.projector = "64-64"
     changed.optim.batch_size = 8
     with pytest.raises(ValueError, match=r"model.projector: run '32-32', now '64-64'.*"
                        r"optim.batch_size: run 16, now 8.*new --workdir"):
-        loop.train_and_evaluate(changed, str(tmp_path))
+        loop.train_and_evaluate(changed, str(workdir))
     longer = tiny_config()
-    longer.train.epochs = 2  # allowed, with a warning: the schedule is recomputed
-    with pytest.warns(UserWarning, match="train.epochs changed from 1 to 2"):
-        loop.train_and_evaluate(longer, str(tmp_path))
-    assert int(_final_state(tmp_path).step) == TOTAL_STEPS
+    longer.train.epochs = 3  # allowed, with a warning: the schedule is recomputed
+    with pytest.warns(UserWarning, match="train.epochs changed from 2 to 3"):
+        loop.train_and_evaluate(longer, str(workdir))
+    assert int(_final_state(workdir).step) == TOTAL_STEPS + TOTAL_STEPS // 2
 
 
 def _latest_step_folder(workdir):
@@ -228,21 +247,6 @@ def test_a_truncated_or_empty_latest_checkpoint_is_set_aside_and_the_previous_on
     assert (tmp_path / "checkpoints" / f"{step + 4}.corrupt").is_dir()
     # Training resumes from there and finishes as the uninterrupted run did.
     loop.train_and_evaluate(config, str(tmp_path))
-    _assert_same_state(_final_state(tmp_path), uninterrupted)
-
-
-@pytest.mark.slow
-def test_ctrl_c_saves_and_exits_130_and_a_second_aborts(uninterrupted, tmp_path):
-    proc = subprocess.Popen(_command(tmp_path, "--config.train.log_every_steps=1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(proc, tmp_path, 2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == preemption.INTERRUPTED_EXIT_CODE, err[-2000:]
-    assert "KeyboardInterrupt" not in err and "checkpoint is saved" in err
-    assert Checkpointer.has_checkpoints(str(tmp_path))
-    proc = subprocess.run(_command(tmp_path), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_same_state(_final_state(tmp_path), uninterrupted)
 
 
