@@ -100,16 +100,6 @@ def test_projector_sizes_and_names():
 
 
 @pytest.mark.slow
-def test_bfloat16_compute_keeps_float32_params():
-    model = tiny_resnet(dtype=jnp.bfloat16)
-    x = jnp.ones((2, 32, 32, 3))
-    # Jitted: one compile instead of one per op (the test took 30 s op by op).
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-    assert jax.jit(model.apply)(variables, x).dtype == jnp.bfloat16
-
-
-@pytest.mark.slow
 def test_batchnorm_statistics_span_all_devices():
     """Train-mode forward on 8 devices equals one device on the concatenated batch."""
     x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)

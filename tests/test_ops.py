@@ -160,7 +160,10 @@ def test_models_in_bf16_keep_their_parameters_and_stay_close_to_float32(make, si
     f32, bf16 = make(dtype=F32), make(dtype=BF16)
     variables = jax.jit(f32.init)(jax.random.PRNGKey(0), x)
     shapes = jax.tree.map(jnp.shape, variables)
-    assert jax.tree.map(jnp.shape, jax.eval_shape(bf16.init, jax.random.PRNGKey(0), x)) == shapes
+    abstract = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, abstract) == shapes
+    # bfloat16 compute, float32 parameters (what the optimizer updates).
+    assert {p.dtype for p in jax.tree.leaves(abstract["params"])} == {jnp.dtype(F32)}
     want, got = jax.jit(f32.apply)(variables, x), jax.jit(bf16.apply)(variables, x)
     assert got.dtype == BF16 and _rel(got, want) < 0.1
     assert "custom_vjp_call" in str(jax.make_jaxpr(bf16.apply)(variables, x))
