@@ -117,6 +117,11 @@ def test_paths_that_cannot_work_fail_before_any_work(faces, tmp_path):
                              ("", "--workdir is empty")):
         with pytest.raises(ValueError, match=message):
             loop.train_and_evaluate(tiny_config(), workdir)
+    config = tiny_config()
+    config.data.source, config.data.train_dir = "folder", str(faces)
+    config.data.train_extra_dir = str(tmp_path / "not_aligned_yet")
+    with pytest.raises(FileNotFoundError, match=r"config.data.train_extra_dir=.*not a folder"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
     proc = _evaluate("--raw_pixels", f"--data_dir={faces}", f"--out={a_file}")
     assert proc.returncode == 1 and "--out" in _last_line(proc) and "a file" in _last_line(proc)
     assert "embedding" not in proc.stderr  # refused before any image was read

@@ -41,6 +41,11 @@ def test_configs_load_and_take_overrides():
     base = _parse("mlfw_facenet")
     assert (deep.model.freeze_until, base.model.freeze_until) == ("Mixed_6a", "Mixed_7a")
     assert deep.optim.batch_size == 128 and deep.optim.lr == base.optim.lr
+    # a variant of a variant; a fraction of an epoch of warm-up; the extra train folder
+    both = _parse("mlfw_facenet_deep_mtcnn", "--config.optim.warmup_epochs=1")
+    assert (both.model.freeze_until, both.train.epochs) == ("Mixed_6a", 2)
+    assert both.data.train_extra_dir and both.optim.warmup_epochs == 1.0
+    assert _parse("mlfw_facenet_deep_mtcnn").optim.warmup_epochs == 0.5
 
 
 def test_unknown_config_key_is_rejected():
