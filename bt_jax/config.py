@@ -7,6 +7,9 @@ by the trainer, never stored here.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from ml_collections import config_dict
 
 
@@ -218,3 +221,14 @@ def facenet_model(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     config.model.arch = "inception_resnet_v1"
     config.init = "converted_weights/facenet_casia"
     return config
+
+
+def sibling_config(here: str, name: str) -> config_dict.ConfigDict:
+    """``get_config()`` of the config file ``name`` in the folder of the file ``here``,
+    loaded by path as ``--config`` loads it: a variant in configs/ (no package) builds on
+    its base recipe with ``sibling_config(__file__, "<base>.py")``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(here)), name)
+    spec = importlib.util.spec_from_file_location(f"bt_jax_config_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

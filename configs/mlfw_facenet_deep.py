@@ -8,21 +8,11 @@ the held-out curve levels off after epoch 3 (docs/results.md, "Training deeper")
   python scripts/train.py --config configs/mlfw_facenet_deep.py --workdir runs/mlfw_facenet_deep
 """
 
-import importlib.util
-import os
-
-
-def _recipe():
-    """configs/mlfw_facenet.py, loaded by path as --config loads it (configs/ is no package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlfw_facenet.py")
-    spec = importlib.util.spec_from_file_location("mlfw_facenet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from bt_jax.config import sibling_config
 
 
 def get_config():
-    config = _recipe()
+    config = sibling_config(__file__, "mlfw_facenet.py")
     config.model.freeze_until = "Mixed_6a"
     config.train.epochs = 4
     config.evals.knn.every_epochs = 1

@@ -10,21 +10,11 @@ same number of steps.
       --workdir runs/mlfw_facenet_deep_mtcnn
 """
 
-import importlib.util
-import os
-
-
-def _deep():
-    """configs/mlfw_facenet_deep.py, loaded by path as --config loads it (no package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlfw_facenet_deep.py")
-    spec = importlib.util.spec_from_file_location("mlfw_facenet_deep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from bt_jax.config import sibling_config
 
 
 def get_config():
-    config = _deep()
+    config = sibling_config(__file__, "mlfw_facenet_deep.py")
     config.data.train_extra_dir = "data/mlfw_train_mtcnn"
     config.train.epochs = 2
     config.optim.warmup_epochs = 0.5

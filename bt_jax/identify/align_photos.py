@@ -95,8 +95,8 @@ def align_folder(detector: Detector, source: str, out: str, crop_size: int, *,
         elif not _ends_a_line(path):
             f.write("\r\n")  # end the row an interrupted run cut short (read_done skips it)
         for photo in (progress(todo) if progress else todo):
-            align_one = _realign_crop if crops else _align_one
-            rows = list(align_one(detector, source, out, photo, crop_size, all_faces, numbers))
+            rows = list(_align_one(detector, source, out, photo, crop_size, all_faces, crops,
+                                   numbers))
             writer.writerows(rows)
             f.flush()
             counts[rows[0]["status"]] = counts.get(rows[0]["status"], 0) + 1
@@ -104,34 +104,16 @@ def align_folder(detector: Detector, source: str, out: str, crop_size: int, *,
     return Summary(len(photos), len(photos) - len(todo), counts, written)
 
 
-def _align_one(detector, source, out, photo, crop_size, all_faces, numbers) -> Iterator[dict]:
+def _align_one(detector, source, out, photo, crop_size, all_faces, crops,
+               numbers) -> Iterator[dict]:
+    """The rows of one photo, after its crops are written (``crops``: module doc)."""
     try:
+        if crops:
+            parse_image_name(photo)  # before the work: train.py needs the SSSS_VVVV numbers
         pixels, _ = read_file(os.path.join(source, photo))
-        found = find_faces(detector, pixels, crop_size)
-    except (OSError, ValueError) as error:
-        yield _row(photo, "unreadable", 0, reason=str(error))
-        return
-    if not found:
-        yield _row(photo, "no_face", 0, reason="no face found")
-        return
-    status = "one_face" if len(found) == 1 else "several_faces"
-    kept = largest(found)
-    others = [f for f in found if f.index != kept.index] if all_faces else []
-    identity = photo.split("/", 1)[0]
-    numbers[identity] = number = numbers.get(identity, 0) + 1
-    for variant, face in enumerate([kept] + others):
-        name = f"{identity}/{identity}_{number:04d}_{variant:04d}.png"
-        _save(face.crop, os.path.join(out, name))
-        yield _row(photo, status, len(found), face, name)
-
-
-def _realign_crop(detector, source, out, photo, crop_size, all_faces, numbers) -> Iterator[dict]:
-    """One crop re-aligned under its own name (``crops`` mode: module doc)."""
-    try:
-        parse_image_name(photo)  # before the work: train.py needs the SSSS_VVVV numbers
-        pixels, _ = read_file(os.path.join(source, photo))
-        pad = pixels.shape[0] // 2
-        canvas = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), constant_values=127)
+        pad = pixels.shape[0] // 2 if crops else 0
+        canvas = (np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), constant_values=127)
+                  if pad else pixels)
         found = find_faces(detector, canvas, crop_size)
     except (OSError, ValueError) as error:
         yield _row(photo, "unreadable", 0, reason=str(error))
@@ -139,15 +121,32 @@ def _realign_crop(detector, source, out, photo, crop_size, all_faces, numbers) -
     if not found:
         yield _row(photo, "no_face", 0, reason="no face found")
         return
-    face = largest(found)
-    # Aligned from the crop itself, not the grey canvas: outside the crop is black, as
-    # where any aligned crop reaches past its photo.
+    status = "one_face" if len(found) == 1 else "several_faces"
+    if crops:
+        kept = [(_realigned(largest(found), pixels, pad, crop_size),
+                 os.path.splitext(photo)[0] + ".png")]
+    else:
+        kept = _numbered(found, photo.split("/", 1)[0], all_faces, numbers)
+    for face, name in kept:
+        _save(face.crop, os.path.join(out, name))
+        yield _row(photo, status, len(found), face, name)
+
+
+def _numbered(found, identity: str, all_faces: bool, numbers) -> List[Tuple[Found, str]]:
+    """The largest face (every face with ``all_faces``) named by the next photo number."""
+    kept = largest(found)
+    others = [f for f in found if f.index != kept.index] if all_faces else []
+    numbers[identity] = number = numbers.get(identity, 0) + 1
+    return [(face, f"{identity}/{identity}_{number:04d}_{variant:04d}.png")
+            for variant, face in enumerate([kept] + others)]
+
+
+def _realigned(face: Found, pixels: np.ndarray, pad: int, crop_size: int) -> Found:
+    """``face`` found on the crop padded by ``pad``, re-aligned from the crop itself (not
+    the grey canvas: outside the crop is black, as where any crop reaches past its photo)."""
     landmarks = face.landmarks - pad
-    face = face._replace(crop=align(pixels, landmarks, crop_size), landmarks=landmarks,
+    return face._replace(crop=align(pixels, landmarks, crop_size), landmarks=landmarks,
                          box=face.box - pad)
-    name = os.path.splitext(photo)[0] + ".png"
-    _save(face.crop, os.path.join(out, name))
-    yield _row(photo, "one_face" if len(found) == 1 else "several_faces", len(found), face, name)
 
 
 def _ends_a_line(path: str) -> bool:
