@@ -84,7 +84,8 @@ def round_trip(detector, embedder, records, crops, config, rng) -> dict:
     # the detector's landmarks alone costs, before any scale or rotation.
     marks = [study.on_crop(detector, c, c.shape[0] // 2) for c in tqdm(crops, desc="re-align")]
     found = np.asarray([m is not None for m in marks])
-    again = np.stack([to_image_size(align(c, m, c.shape[0]) if m is not None else c, size)
+    how = detector.settings.align_from
+    again = np.stack([to_image_size(align(c, m, c.shape[0], how) if m is not None else c, size)
                       for c, m in zip(crops, marks)])
     out["realigned"] = study.identification_accuracy(embedder(again), records, found,
                                                      seed=config.eval.seed)

@@ -87,7 +87,8 @@ def measure(detector, embedder, photos: Sequence[np.ndarray], crop_size: int,
         raise ValueError("the detector found no face in the benchmark's photos.")
 
     def aligned(pairs):
-        return np.stack([to_image_size(align(photos[i], lm, crop_size), image_size)
+        how = detector.settings.align_from
+        return np.stack([to_image_size(align(photos[i], lm, crop_size, how), image_size)
                          for i, lm in pairs])
 
     crops = aligned(marks)

@@ -1,10 +1,10 @@
 """Aligned face crops from five landmarks, and the photos they come from.
 
 A face is aligned by the similarity transform (rotation, uniform scale, translation) that
-takes its five landmarks closest, in least squares, to the five-point template of 112x112
-crops that MLFW's images (and ArcFace-style recognisers) follow; other crop sizes scale
-the template. Photos are read with their EXIF orientation applied, in RGB whatever their
-mode (greyscale, palette, RGBA).
+takes its five landmarks (or its eyes alone) closest, in least squares, to the
+five-point template of 112x112 crops that MLFW's images (and ArcFace-style recognisers)
+follow; other crop sizes scale the template. Photos are read with their EXIF orientation
+applied, in RGB whatever their mode (greyscale, palette, RGBA).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.73
                          [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
 
+# The landmarks a crop can be aligned from (config.detect.align_from): all five, or the
+# eyes alone, which a mask leaves visible (docs/detection.md, "Alignment from the eyes").
+ALIGN_FROM = {"five": [0, 1, 2, 3, 4], "eyes": [0, 1]}
+
 # Faces whose crop shrinks them below this (crop pixels per photo pixel) are shrunk with
 # area averaging before the bilinear warp.
 SHRINK_FIRST = 0.8
@@ -29,24 +33,31 @@ def template(size: int) -> np.ndarray:
     return TEMPLATE_112 * (size / 112.0)
 
 
-def similarity(landmarks: np.ndarray, size: int) -> transform.SimilarityTransform:
-    """The transform from photo pixels to crop pixels for these (5, 2) landmarks."""
-    tform = transform.SimilarityTransform.from_estimate(np.asarray(landmarks, np.float64),
-                                                        template(size))
+def similarity(landmarks: np.ndarray, size: int,
+               align_from: str = "five") -> transform.SimilarityTransform:
+    """The transform from photo pixels to crop pixels for these (5, 2) landmarks, fitted
+    to the points ``align_from`` names."""
+    if align_from not in ALIGN_FROM:
+        raise ValueError(f"config.detect.align_from={align_from!r}: give one of "
+                         f"{sorted(ALIGN_FROM)}.")
+    used = ALIGN_FROM[align_from]
+    tform = transform.SimilarityTransform.from_estimate(
+        np.asarray(landmarks, np.float64)[used], template(size)[used])
     if not tform:
         raise ValueError("the landmarks do not fix a similarity transform (they coincide).")
     return tform
 
 
-def align(photo: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+def align(photo: np.ndarray, landmarks: np.ndarray, size: int,
+          align_from: str = "five") -> np.ndarray:
     """uint8 (size, size, 3) crop of the face with these landmarks (bilinear; outside the
     photo is black, as in MLFW's crops). A face larger than the crop is first shrunk
     with area averaging: bilinear sampling alone would alias it."""
     landmarks = np.asarray(landmarks, np.float64)
-    tform = similarity(landmarks, size)
+    tform = similarity(landmarks, size, align_from)
     if tform.scale < SHRINK_FIRST:
         photo, landmarks = _shrunk(photo, landmarks, tform, size)
-        tform = similarity(landmarks, size)
+        tform = similarity(landmarks, size, align_from)
     crop = transform.warp(photo, tform.inverse, output_shape=(size, size), order=1,
                           mode="constant", cval=0.0, preserve_range=True)
     return np.clip(np.rint(crop), 0, 255).astype(np.uint8)

@@ -123,7 +123,8 @@ def _align_one(detector, source, out, photo, crop_size, all_faces, crops,
         return
     status = "one_face" if len(found) == 1 else "several_faces"
     if crops:
-        kept = [(_realigned(largest(found), pixels, pad, crop_size),
+        kept = [(_realigned(largest(found), pixels, pad, crop_size,
+                            detector.settings.align_from),
                  os.path.splitext(photo)[0] + ".png")]
     else:
         kept = _numbered(found, photo.split("/", 1)[0], all_faces, numbers)
@@ -141,11 +142,13 @@ def _numbered(found, identity: str, all_faces: bool, numbers) -> List[Tuple[Foun
             for variant, face in enumerate([kept] + others)]
 
 
-def _realigned(face: Found, pixels: np.ndarray, pad: int, crop_size: int) -> Found:
+def _realigned(face: Found, pixels: np.ndarray, pad: int, crop_size: int,
+               align_from: str) -> Found:
     """``face`` found on the crop padded by ``pad``, re-aligned from the crop itself (not
     the grey canvas: outside the crop is black, as where any crop reaches past its photo)."""
     landmarks = face.landmarks - pad
-    return face._replace(crop=align(pixels, landmarks, crop_size), landmarks=landmarks,
+    return face._replace(crop=align(pixels, landmarks, crop_size, align_from),
+                         landmarks=landmarks,
                          box=face.box - pad)
 
 

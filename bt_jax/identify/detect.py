@@ -13,6 +13,9 @@ powers of two) so that a folder of photos compiles each network a handful of tim
 Photos larger than ``max_side`` are downscaled for detection; boxes and landmarks are
 given in the photo's own pixels. Landmarks are (x, y) in the order left eye, right eye,
 nose tip, left mouth corner, right mouth corner, left and right as seen in the image.
+With ``mirror_landmarks`` O-Net also places them on each face's mirrored patch, and the
+two estimates, mapped back, are averaged: O-Net's points are not mirror-symmetric, and
+the average halves their spread about the template (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from bt_jax.identify.align import ALIGN_FROM
 from bt_jax.models.mtcnn import ONet, PNet, RNet
 from bt_jax.weights import mtcnn as mtcnn_weights
 
@@ -34,6 +38,8 @@ from bt_jax.weights import mtcnn as mtcnn_weights
 BUCKETS = tuple(sorted(b << k for b in (32, 48) for k in range(8)))
 # P-Net's window and stride, in pixels of a scaled image.
 CELL, STRIDE = 12, 2
+# The landmark order seen in a mirror: left and right eyes and mouth corners swap.
+MIRRORED = [1, 0, 2, 4, 3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +50,17 @@ class Settings:
     thresholds: Tuple[float, float, float] = (0.6, 0.7, 0.8)
     nms: Tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)
     max_side: int = 1280
+    # Also place the landmarks on the mirrored O-Net patch and average the two (module doc).
+    mirror_landmarks: bool = False
+    # The landmarks crops are aligned from (align.ALIGN_FROM); detection does not use it.
+    align_from: str = "five"
 
     @classmethod
     def from_config(cls, detect) -> "Settings":
         settings = cls(int(detect.min_face_size), float(detect.scale_factor),
                        tuple(float(t) for t in detect.thresholds),
-                       tuple(float(t) for t in detect.nms), int(detect.max_side))
+                       tuple(float(t) for t in detect.nms), int(detect.max_side),
+                       bool(detect.mirror_landmarks), str(detect.align_from))
         settings.check()
         return settings
 
@@ -65,6 +76,9 @@ class Settings:
                              "probabilities in [0, 1), one per stage.")
         if len(self.nms) != 4 or not all(0 < t <= 1 for t in self.nms):
             raise ValueError(f"config.detect.nms={self.nms}: give four overlaps in (0, 1].")
+        if self.align_from not in ALIGN_FROM:
+            raise ValueError(f"config.detect.align_from={self.align_from!r}: give one of "
+                             f"{sorted(ALIGN_FROM)}.")
         if self.max_side < 2 * CELL:
             raise ValueError(f"config.detect.max_side={self.max_side}: give at least "
                              f"{2 * CELL} pixels.")
@@ -266,19 +280,29 @@ class Detector:
     def _onet(self, image: np.ndarray, boxes: np.ndarray) -> Faces:
         if not len(boxes):
             return Faces(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
-        offsets, marks, probs = _batched(_onet, self.params["onet"],
-                                         crop_patches(image, boxes, 48))
-        # O-Net gives each point as a fraction of the box's size (corners included) from
-        # its top-left corner. The original code subtracts 1 more, from its 1-based
-        # pixels; in 0-based pixels that moved every point a pixel up and left (0.01 of
-        # the inter-ocular distance worse against the template, measured on train).
-        size = np.stack([boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1], axis=1)
-        points = np.stack([marks[:, :5], marks[:, 5:]], axis=2) * size[:, None] \
-            + boxes[:, None, :2]
+        patches = crop_patches(image, boxes, 48)
+        offsets, marks, probs = _batched(_onet, self.params["onet"], patches)
+        points = _points(marks, boxes)
+        if self.settings.mirror_landmarks:
+            mirrored = _points(_batched(_onet, self.params["onet"], patches[:, :, ::-1])[1], boxes)
+            # A point at x in the mirrored patch is at x1 + x2 - x in the photo; the left
+            # eye and mouth corner of the mirror image are the right ones of the face.
+            mirrored[..., 0] = boxes[:, None, 0] + boxes[:, None, 2] - mirrored[..., 0]
+            points = (points + mirrored[:, MIRRORED]) / 2
         keep = probs > self.settings.thresholds[2]
         boxes, probs, points = refine(boxes[keep], offsets[keep]), probs[keep], points[keep]
         kept = nms(boxes, probs, self.settings.nms[3], by="min")
         return Faces(boxes[kept], probs[kept], points[kept])
+
+
+def _points(marks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """O-Net's (n, 10) outputs -> (n, 5, 2) points in the photo's pixels. O-Net gives each
+    point as a fraction of the box's size (corners included) from its top-left corner.
+    The original code subtracts 1 more, from its 1-based pixels; in 0-based pixels that
+    moved every point a pixel up and left (0.01 of the inter-ocular distance worse
+    against the template, measured on train)."""
+    size = np.stack([boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1], axis=1)
+    return np.stack([marks[:, :5], marks[:, 5:]], axis=2) * size[:, None] + boxes[:, None, :2]
 
 
 def _rgb(photo: np.ndarray) -> np.ndarray:

@@ -38,7 +38,8 @@ def read_file(path: str) -> tuple:
 def find_faces(detector: Detector, photo: np.ndarray, crop_size: int) -> List[Found]:
     """Every face the detector finds in ``photo``, aligned, highest score first."""
     faces: Faces = detector(photo)
-    return [Found(i, align(photo, faces.landmarks[i], crop_size), faces.boxes[i],
+    how = detector.settings.align_from
+    return [Found(i, align(photo, faces.landmarks[i], crop_size, how), faces.boxes[i],
                   faces.landmarks[i], float(faces.scores[i])) for i in range(len(faces))]
 
 

@@ -61,7 +61,8 @@ def consistency(row: Dict, placed, reference: Optional[np.ndarray]) -> Optional[
     return nme(row["landmarks"], mapped)
 
 
-def measure(composite: Composite, faces: Faces, crop_size: int) -> Dict:
+def measure(composite: Composite, faces: Faces, crop_size: int,
+            align_from: str = "five") -> Dict:
     """Per true face: found, error, the recovered crop; and the false detections."""
     truth = [p.landmarks for p in composite.faces]
     owner = match(truth, faces)
@@ -72,7 +73,7 @@ def measure(composite: Composite, faces: Faces, crop_size: int) -> Dict:
                "placed": placed}
         if d >= 0:
             row.update(nme=nme(faces.landmarks[d], placed.landmarks),
-                       crop=align(composite.image, faces.landmarks[d], crop_size),
+                       crop=align(composite.image, faces.landmarks[d], crop_size, align_from),
                        landmarks=faces.landmarks[d])
         rows.append(row)
     return {"faces": rows, "false": len(faces) - sum(d >= 0 for d in owner)}
@@ -110,7 +111,7 @@ def run(detector, crops: Sequence[np.ndarray], items: Sequence[int], rng: np.ran
         placed = {p.item for p in composite.faces}
         queue = [i for i in take if i not in placed] + queue[len(take):]
         faces = detector(composite.image)
-        measured = measure(composite, faces, crop_size)
+        measured = measure(composite, faces, crop_size, detector.settings.align_from)
         rows += measured["faces"]
         canvases, false = canvases + 1, false + measured["false"]
         if keep:
