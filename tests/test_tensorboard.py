@@ -112,3 +112,20 @@ def test_a_resume_appends_a_file_that_purges_the_steps_trained_again(tiny, tmp_p
     assert _scalars(second) == {("loss", 4): [1.0], ("loss", 6): [0.5]}
     starts = [(e.step, e.session_log.status) for e in second if e.HasField("session_log")]
     assert starts == [(3, event_pb2.SessionLog.START)]
+
+
+def test_event_files_are_written_without_loading_torch(tmp_path):
+    """tensorboardX would import torch (installed with the test extra) at every run's
+    start; the writer keeps it out, and the events still read back."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bt_jax.train import metrics; "
+            f"w = metrics.EventWriter({str(tmp_path)!r}, 0); w.write({{'step': 1, 'loss': 2.5}}); "
+            "w.close(); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    [events] = _event_files(tmp_path)
+    assert _scalars(_events(events))[("loss", 1)] == [2.5]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from typing import Any, Dict, List, Optional
@@ -41,6 +42,24 @@ def _to_python(value):
     return value.item() if value.ndim == 0 else value.tolist()
 
 
+def _tensorboardx():
+    """tensorboardX's synchronous event writer and its protobufs. tensorboardX imports
+    torch whenever torch is installed (~2 s of a run's start) only so that its
+    SummaryWriter takes torch tensors; these take numbers, so unless torch is loaded
+    already, the import runs with torch marked missing (None in sys.modules makes
+    ``import torch`` raise ImportError, which tensorboardX expects)."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None
+    try:
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2, summary_pb2
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return EventsWriter, event_pb2, summary_pb2
+
+
 class EventWriter:
     """The records as TensorBoard scalars in ``workdir``'s event files: every numeric key
     but ``step`` is a tag, logged at the record's ``step``.
@@ -52,11 +71,7 @@ class EventWriter:
     """
 
     def __init__(self, workdir: str, start_step: int):
-        # Imported here: tensorboardX imports torch whenever torch is installed (~2 s),
-        # which only a run that writes events should pay for.
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto import event_pb2, summary_pb2
-
+        EventsWriter, event_pb2, summary_pb2 = _tensorboardx()
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         # The file name holds the time in seconds and the host; the suffix keeps attempts
         # started in the same second from different steps apart (from the same step, the
