@@ -68,7 +68,7 @@ def main(argv):
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure
     detector = Detector(Settings.from_config(config.detect))
     times = bench.measure(detector, embedder, photos, config.data.crop_size,
-                          config.data.image_size, _ROUNDS.value)
+                          config.data.image_size, _ROUNDS.value, config.detect.align_from)
     package = None
     if _PACKAGE.value:
         with tempfile.TemporaryDirectory() as scratch:

@@ -208,6 +208,14 @@ def test_eyes_alignment_puts_the_eyes_on_the_template_whatever_the_mouth():
         similarity(points, 112, "mouth")
 
 
+def test_crop_shift_is_zero_on_the_template_and_the_offset_when_moved():
+    on = study.crop_shift(TEMPLATE_112, 112, "five")
+    assert on["shift"] < 1e-9 and abs(on["scale"] - 1) < 1e-12
+    moved = study.alignment_shifts([TEMPLATE_112 + [2.0, 0.0], None], 112)
+    assert moved["eyes"]["crops"] == 1 and abs(moved["eyes"]["shift_mean"] - 2) < 1e-9
+    assert abs(moved["five"]["scale_mean"] - 1) < 1e-9
+
+
 # ------------------------------------------------------------------ photos and alignment
 
 

@@ -23,7 +23,14 @@ def _modules():
 def _imported_folders(path):
     """The bt_jax folders (or top-level modules) a module imports, read off its syntax tree."""
     with open(path) as f:
-        tree = ast.parse(f.read())
+        source = f.read()
+    try:
+        tree = ast.parse(source)
+    except SystemError:
+        # CPython 3.11's AST builder can raise a spurious "recursion depth mismatch" when
+        # another thread of the worker (orbax's, after the checkpoint tests) builds one at
+        # the same time (python/cpython#106905); the source itself is fine: parse again.
+        tree = ast.parse(source)
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
     return {name.split(".")[1] for name in names if name.startswith("bt_jax.")}

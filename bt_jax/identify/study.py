@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from bt_jax.evaluation.stats import bootstrap_ci
-from bt_jax.identify.align import align
+from bt_jax.identify.align import ALIGN_FROM, align, similarity
 from bt_jax.identify.composites import Composite, compose
 from bt_jax.identify.detect import Faces
 
@@ -153,3 +153,30 @@ def identification_accuracy(features: np.ndarray, records: Sequence, found: np.n
     ci = bootstrap_ci(hit[mask], ids, samples=1000, seed=0)
     return {"probes": int(mask.sum()), "accuracy": float(hit[mask].mean()),
             "ci95": list(ci) if ci else None, "hits": hit[mask], "found": probe_found[mask]}
+
+
+def crop_shift(landmarks: np.ndarray, size: int, align_from: str) -> Dict[str, float]:
+    """What re-aligning an aligned crop from ``landmarks`` found on it does: the mean
+    distance (crop pixels) each pixel moves, and the similarity's scale and angle (0 px,
+    1, 0 degrees for landmarks exactly on the template)."""
+    tform = similarity(landmarks, size, align_from)
+    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2)
+    moved = np.linalg.norm(tform(grid.astype(np.float64)) - grid, axis=1).mean()
+    return {"shift": float(moved), "scale": float(tform.scale),
+            "angle": float(np.degrees(tform.rotation))}
+
+
+def alignment_shifts(landmarks: Sequence[Optional[np.ndarray]], size: int) -> Dict[str, Dict]:
+    """crop_shift() summarised over crops (None: no face found), per way of aligning."""
+    found = [m for m in landmarks if m is not None]
+    out = {}
+    for how in ALIGN_FROM:
+        rows = [crop_shift(m, size, how) for m in found]
+        shift = np.array([r["shift"] for r in rows])
+        scale = np.array([r["scale"] for r in rows])
+        out[how] = {"crops": len(found), "shift_mean": float(shift.mean()),
+                    "shift_median": float(np.median(shift)),
+                    "shift_p90": float(np.percentile(shift, 90)),
+                    "scale_mean": float(scale.mean()), "scale_sd": float(scale.std()),
+                    "angle_sd": float(np.std([r["angle"] for r in rows]))}
+    return out
