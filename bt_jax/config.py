@@ -168,11 +168,11 @@ def base_config() -> config_dict.ConfigDict:
     # Longer side a photo is downscaled to for detection (boxes in the photo's pixels).
     config.detect.max_side = 1280
     # Average O-Net's landmarks with those it places on the mirrored face (one more O-Net
-    # pass): half the spread, a crop closer to MLFW's alignment (docs/detection.md).
-    config.detect.mirror_landmarks = True
-    # Align crops from the eyes alone ('eyes') or from all five landmarks ('five'): O-Net
-    # guesses the nose and mouth under a mask (docs/detection.md).
-    config.detect.align_from = "eyes"
+    # pass), and align crops from all five landmarks ('five') or the eyes alone ('eyes').
+    # Both options bring MTCNN's crops closer to MLFW's alignment, yet neither helped the
+    # recogniser (docs/detection.md, "Alignment from the eyes"): off by default.
+    config.detect.mirror_landmarks = False
+    config.detect.align_from = "five"
 
     # 'scratch' for random initialisation, or a folder written by scripts/convert_weights.py.
     config.init = "converted_weights/vggface2_resnet50_ft"
