@@ -14,8 +14,9 @@ Photos larger than ``max_side`` are downscaled for detection; boxes and landmark
 given in the photo's own pixels. Landmarks are (x, y) in the order left eye, right eye,
 nose tip, left mouth corner, right mouth corner, left and right as seen in the image.
 With ``mirror_landmarks`` O-Net also places them on each face's mirrored patch, and the
-two estimates, mapped back, are averaged: O-Net's points are not mirror-symmetric, and
-the average halves their spread about the template (docs/detection.md).
+two estimates, mapped back, are averaged: O-Net's own points are not mirror-symmetric,
+the average is (measured in docs/detection.md: a little closer to the truth, no help to
+the recogniser, so off by default).
 """
 
 from __future__ import annotations
