@@ -12,6 +12,7 @@ figures by masked and unmasked faces.
 
 import dataclasses
 import json
+import os
 import sys
 
 import numpy as np
@@ -34,13 +35,6 @@ _LABELS = flags.DEFINE_string("labels", None, "Optional: lines 'masked|unmasked 
 _OUT = flags.DEFINE_string("out", None, "JSON file of the results.")
 
 
-def _labels(path):
-    if not path:
-        return {}
-    pairs = (line.split() for line in open(path) if line.strip() and line[0] != "#")
-    return {name: kind for kind, name in pairs}
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -49,7 +43,7 @@ def main(argv):
             raise ValueError("give --data_dir and --out.")
         check_output_file(_OUT.value, "--out")
         records = scan_folder(_DATA.value, min_images_per_identity=1)
-        labels = _labels(_LABELS.value)
+        labels = study.read_labels(_LABELS.value, _DATA.value) if _LABELS.value else {}
     except (ValueError, FileNotFoundError, OSError) as e:
         sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
     rng = np.random.default_rng(_SEED.value)
@@ -61,12 +55,10 @@ def main(argv):
     kinds = []
     for i in tqdm(picked, desc="crops"):
         crop = np.asarray(Image.open(records[i].path).convert("RGB"))
-        kinds.append(labels.get("/".join(records[i].path.split("/")[-2:]), "all"))
+        kinds.append(labels.get(os.path.realpath(records[i].path), "all"))
         for name, detector in detectors.items():
             found[name].append(study.on_crop(detector, crop, crop.shape[0] // 2))
-    results = {kind: {name: study.alignment_shifts(
-        [m for m, k in zip(marks, kinds) if kind in ("all", k)], crop.shape[0])
-        for name, marks in found.items()} for kind in sorted(set(kinds) | {"all"})}
+    results = study.alignment_shifts_by_kind(found, kinds, crop.shape[0])
     with open(_OUT.value, "w") as f:
         json.dump({"crops": len(picked), "data_dir": _DATA.value, "results": results}, f,
                   indent=1)

@@ -51,15 +51,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Placements.")
 BINS = [(0.5, 1.0), (1.0, 2.0001)]
 
 
-def read_labels(path: str, root: str) -> dict:
-    labels = {}
-    for line in open(path):
-        if line.strip() and not line.startswith("#"):
-            kind, name = line.split()
-            labels[os.path.realpath(os.path.join(root, name))] = kind
-    return labels
-
-
 def saver(folder: str, truth: list):
     os.makedirs(folder, exist_ok=True)
 
@@ -143,7 +134,7 @@ def main(argv):
             raise ValueError("give --config, --workdir, --data_dir, --labels and --out.")
         check_output_file(_OUT.value, "--out")
         records = scan_folder(_DATA.value, min_images_per_identity=1)
-        labels = read_labels(_LABELS.value, _DATA.value)
+        labels = study.read_labels(_LABELS.value, _DATA.value)
     except (ValueError, FileNotFoundError) as e:
         sys.exit("error: " + " ".join(f"{type(e).__name__}: {e}".split()))
     crops = [np.asarray(Image.open(r.path).convert("RGB")) for r in records]

@@ -33,13 +33,17 @@ def template(size: int) -> np.ndarray:
     return TEMPLATE_112 * (size / 112.0)
 
 
+def check_align_from(align_from: str) -> None:
+    if align_from not in ALIGN_FROM:
+        raise ValueError(f"config.detect.align_from={align_from!r}: give one of "
+                         f"{sorted(ALIGN_FROM)}.")
+
+
 def similarity(landmarks: np.ndarray, size: int,
                align_from: str = "five") -> transform.SimilarityTransform:
     """The transform from photo pixels to crop pixels for these (5, 2) landmarks, fitted
     to the points ``align_from`` names."""
-    if align_from not in ALIGN_FROM:
-        raise ValueError(f"config.detect.align_from={align_from!r}: give one of "
-                         f"{sorted(ALIGN_FROM)}.")
+    check_align_from(align_from)
     used = ALIGN_FROM[align_from]
     tform = transform.SimilarityTransform.from_estimate(
         np.asarray(landmarks, np.float64)[used], template(size)[used])

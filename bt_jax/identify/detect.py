@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from bt_jax.identify.align import ALIGN_FROM
+from bt_jax.identify.align import check_align_from
 from bt_jax.models.mtcnn import ONet, PNet, RNet
 from bt_jax.weights import mtcnn as mtcnn_weights
 
@@ -77,9 +77,7 @@ class Settings:
                              "probabilities in [0, 1), one per stage.")
         if len(self.nms) != 4 or not all(0 < t <= 1 for t in self.nms):
             raise ValueError(f"config.detect.nms={self.nms}: give four overlaps in (0, 1].")
-        if self.align_from not in ALIGN_FROM:
-            raise ValueError(f"config.detect.align_from={self.align_from!r}: give one of "
-                             f"{sorted(ALIGN_FROM)}.")
+        check_align_from(self.align_from)
         if self.max_side < 2 * CELL:
             raise ValueError(f"config.detect.max_side={self.max_side}: give at least "
                              f"{2 * CELL} pixels.")
@@ -283,17 +281,21 @@ class Detector:
             return Faces(np.zeros((0, 4)), np.zeros((0,)), np.zeros((0, 5, 2)))
         patches = crop_patches(image, boxes, 48)
         offsets, marks, probs = _batched(_onet, self.params["onet"], patches)
-        points = _points(marks, boxes)
-        if self.settings.mirror_landmarks:
-            mirrored = _points(_batched(_onet, self.params["onet"], patches[:, :, ::-1])[1], boxes)
-            # A point at x in the mirrored patch is at x1 + x2 - x in the photo; the left
-            # eye and mouth corner of the mirror image are the right ones of the face.
-            mirrored[..., 0] = boxes[:, None, 0] + boxes[:, None, 2] - mirrored[..., 0]
-            points = (points + mirrored[:, MIRRORED]) / 2
         keep = probs > self.settings.thresholds[2]
-        boxes, probs, points = refine(boxes[keep], offsets[keep]), probs[keep], points[keep]
+        points = _points(marks[keep], boxes[keep])
+        if self.settings.mirror_landmarks and keep.any():
+            points = (points + self._mirrored_points(patches[keep], boxes[keep])) / 2
+        boxes, probs = refine(boxes[keep], offsets[keep]), probs[keep]
         kept = nms(boxes, probs, self.settings.nms[3], by="min")
         return Faces(boxes[kept], probs[kept], points[kept])
+
+    def _mirrored_points(self, patches: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """O-Net's points on the mirrored patches, in the photo's pixels and in the
+        face's order: a point at x in a mirrored patch is at x1 + x2 - x in the photo,
+        and the mirror image's left eye and mouth corner are the face's right ones."""
+        points = _points(_batched(_onet, self.params["onet"], patches[:, :, ::-1])[1], boxes)
+        points[..., 0] = boxes[:, None, 0] + boxes[:, None, 2] - points[..., 0]
+        return points[:, MIRRORED]
 
 
 def _points(marks: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ the round trip through the recogniser.
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,17 @@ from bt_jax.evaluation.stats import bootstrap_ci
 from bt_jax.identify.align import ALIGN_FROM, align, similarity
 from bt_jax.identify.composites import Composite, compose
 from bt_jax.identify.detect import Faces
+
+
+def read_labels(path: str, root: str) -> Dict[str, str]:
+    """{real path of the image: 'masked' or 'unmasked'} from lines '<kind> <identity>/<file>'
+    (paths relative to ``root``; '#' starts a comment line)."""
+    labels = {}
+    for line in open(path):
+        if line.strip() and not line.startswith("#"):
+            kind, name = line.split()
+            labels[os.path.realpath(os.path.join(root, name))] = kind
+    return labels
 
 
 def inter_ocular(landmarks: np.ndarray) -> float:
@@ -164,6 +176,16 @@ def crop_shift(landmarks: np.ndarray, size: int, align_from: str) -> Dict[str, f
     moved = np.linalg.norm(tform(grid.astype(np.float64)) - grid, axis=1).mean()
     return {"shift": float(moved), "scale": float(tform.scale),
             "angle": float(np.degrees(tform.rotation))}
+
+
+def alignment_shifts_by_kind(found: Dict[str, Sequence[Optional[np.ndarray]]],
+                             kinds: Sequence[str], size: int) -> Dict[str, Dict]:
+    """{kind: {way of finding landmarks: alignment_shifts()}} for every kind in ``kinds``
+    and for all crops ('all'); ``found`` holds each way's landmarks in crop order."""
+    return {kind: {name: alignment_shifts([m for m, k in zip(marks, kinds)
+                                           if kind in ("all", k)], size)
+                   for name, marks in found.items()}
+            for kind in sorted(set(kinds) | {"all"})}
 
 
 def alignment_shifts(landmarks: Sequence[Optional[np.ndarray]], size: int) -> Dict[str, Dict]:
